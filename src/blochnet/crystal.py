@@ -1,0 +1,109 @@
+"""Plain records describing a crystal structure as read from a file.
+
+These are numpy/str records without any torch state: the physics layer turns them into
+tensors (:mod:`blochnet.physics.symmetry`, :mod:`blochnet.physics.structure_factors`).
+
+Conventions
+-----------
+* Fractional coordinates refer to the cell in :attr:`Crystal.cell`.
+* ``uij`` holds U11 U22 U33 U12 U13 U23 [Å^2] in the crystallographic (CIF) convention,
+  i.e. referred to the reciprocal-cell-normalised basis as ``_atom_site_aniso_U_*``.
+* ``uiso`` is always set: for anisotropic atoms it is Ueq (one third of the trace of the
+  Cartesian U tensor) so that code which only needs an isotropic value can use it.
+* Symmetry operators act on fractional coordinates: x' = R x + t, with t reduced to [0, 1).
+* Standard uncertainties, where the file gave them, are kept in ``su`` keyed by the
+  quantity name (``"x"``, ``"y"``, ``"z"``, ``"occ"``, ``"uiso"``, ``"U11"`` ... ``"U23"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
+UIJ_NAMES = ("U11", "U22", "U33", "U12", "U13", "U23")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Unit cell: lengths [Å] and angles [degrees], with optional s.u."""
+
+    a: float
+    b: float
+    c: float
+    alpha: float
+    beta: float
+    gamma: float
+    su: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def parameters(self) -> tuple[float, float, float, float, float, float]:
+        return (self.a, self.b, self.c, self.alpha, self.beta, self.gamma)
+
+    @property
+    def volume(self) -> float:
+        """Cell volume [Å^3]."""
+        ca, cb, cg = np.cos(np.radians([self.alpha, self.beta, self.gamma]))
+        return float(
+            self.a * self.b * self.c * np.sqrt(1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg)
+        )
+
+
+@dataclass(frozen=True)
+class SymOp:
+    """A space-group operator acting on fractional coordinates: x' = R x + t."""
+
+    rotation: np.ndarray  # (3, 3) int
+    translation: np.ndarray  # (3,) float in [0, 1)
+    xyz: str = ""  # the operator as a triplet, e.g. "-y,x-y,z+2/3"
+
+
+@dataclass
+class Atom:
+    """One atom of the asymmetric unit."""
+
+    label: str
+    element: str  # element symbol, capitalised ("Si", "O", "H")
+    xyz: np.ndarray  # (3,) fractional
+    occupancy: float = 1.0  # chemical occupancy of the site (1 = fully occupied)
+    uiso: float = 0.0  # Uiso, or Ueq for anisotropic atoms [Å^2]
+    uij: np.ndarray | None = None  # (6,) U11 U22 U33 U12 U13 U23 [Å^2], or None
+    su: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_anisotropic(self) -> bool:
+        return self.uij is not None
+
+
+@dataclass
+class Crystal:
+    """A crystal structure: cell, space group, asymmetric unit.
+
+    Attributes
+    ----------
+    cell : the unit cell.
+    spacegroup : Hermann–Mauguin symbol as gemmi writes it (e.g. ``"P 32 2 1"``).
+    operators : every operator of the space group (including centring), identity first.
+    atoms : the asymmetric unit.
+    source : file it was read from ('' when built in code).
+    block : name of the CIF data block it was read from.
+    """
+
+    cell: Cell
+    spacegroup: str
+    operators: list[SymOp]
+    atoms: list[Atom]
+    source: str = ""
+    block: str = ""
+
+    @property
+    def elements(self) -> list[str]:
+        """Distinct element symbols in order of first appearance."""
+        return list(dict.fromkeys(atom.element for atom in self.atoms))
+
+    def atom(self, label: str) -> Atom:
+        for atom in self.atoms:
+            if atom.label == label:
+                return atom
+        raise KeyError(f"no atom labelled {label!r}; labels are {[a.label for a in self.atoms]}")

@@ -1,0 +1,141 @@
+"""Plain records describing a measured 3D-ED data set (one ``.cif_pets`` file).
+
+These are numpy/str records without torch state, filled by :func:`blochnet.io.pets.read_pets`
+or built in code (simulations). Geometry derived from them lives in
+:mod:`blochnet.experiment.geometry`.
+
+Axis names follow the project glossary: ``frame`` (virtual frames), ``refl`` (observations,
+one per hkl per frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from blochnet.crystal import Cell
+
+GEOMETRIES = ("continuous rotation", "precession")
+
+
+def _line_numbers(line: np.ndarray | None, n: int) -> np.ndarray:
+    if line is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.asarray(line, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class FrameTable:
+    """One row per virtual frame.
+
+    Attributes
+    ----------
+    id : (frame,) int, the ``_diffrn_zone_axis_id`` of each frame (unique).
+    zone_axis : (frame, 3) float, PETS zone axis u v w as written. PETS points it *towards
+        the electron source*, i.e. against the direction of electron travel (see
+        :mod:`blochnet.experiment.geometry`).
+    semi_angle : (frame,) [deg] integration semi-angle (continuous rotation) or precession
+        angle (``_diffrn_zone_axis_precession_angle``).
+    alpha, beta, omega : (frame,) [deg] goniometer angles of the frame.
+    scale : (frame,) starting scale factor of the frame (1 when the file has none).
+    line : (frame,) int, line of the row in the source file (0 when unknown); for messages.
+    """
+
+    id: np.ndarray
+    zone_axis: np.ndarray
+    semi_angle: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    omega: np.ndarray
+    scale: np.ndarray
+    line: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.line = _line_numbers(self.line, len(self.id))
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def index_of(self, frame_id: int) -> int:
+        """Row index of the frame with ``id == frame_id`` (``KeyError`` if absent)."""
+        hits = np.flatnonzero(self.id == frame_id)
+        if hits.size == 0:
+            raise KeyError(f"no frame with id {frame_id}")
+        return int(hits[0])
+
+
+@dataclass(eq=False)
+class ReflectionTable:
+    """One row per observation (an hkl integrated in one virtual frame).
+
+    Attributes
+    ----------
+    hkl : (refl, 3) int Miller indices.
+    intensity, sigma : (refl,) float, measured intensity (may be negative) and its s.u. (> 0).
+    frame_id : (refl,) int, id of the frame (:attr:`FrameTable.id`) the row belongs to.
+    line : (refl,) int, line of the row in the source file (0 when unknown); for messages.
+    """
+
+    hkl: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray
+    frame_id: np.ndarray
+    line: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.line = _line_numbers(self.line, len(self.frame_id))
+
+    def __len__(self) -> int:
+        return len(self.frame_id)
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A 3D-ED data set: cell, orientation, frames and observed intensities.
+
+    Attributes
+    ----------
+    cell : the cell the orientation was fitted with (the data file's cell).
+    wavelength : electron wavelength [Å].
+    voltage : accelerating voltage [eV], derived from the wavelength.
+    ub : (3, 3) orientation matrix as written, ``UB_ij -> ub[i-1, j-1]``; g_lab = ub @ hkl
+        [Å^-1] at zero goniometer angles.
+    geometry : ``"continuous rotation"`` or ``"precession"``.
+    semi_angle : default integration/precession semi-angle [deg] (median over the frames).
+    rotation_axis_position : in-plane angle of the goniometer axis [deg]; 0 when not set.
+    mosaicity : [deg], None when absent or 0 (= not set).
+    dstarmax : resolution limit of the data reduction [Å^-1], None when absent or 0.
+    details : every ``key: value`` line of the free-text details field, keys as written
+        (nested lines become ``"group: key"``).
+    frames, reflections : the two loops of the file.
+    source : file the data set was read from ('' when built in code).
+    block : CIF data block name.
+    warnings : problems found while reading that did not stop it (caller reports them).
+    """
+
+    cell: Cell
+    wavelength: float
+    voltage: float
+    ub: np.ndarray
+    geometry: str
+    semi_angle: float
+    rotation_axis_position: float
+    mosaicity: float | None
+    dstarmax: float | None
+    details: dict[str, str]
+    frames: FrameTable
+    reflections: ReflectionTable
+    source: str = ""
+    block: str = "pets"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    def frame_index(self) -> np.ndarray:
+        """(refl,) row index into :attr:`frames` of every reflection's frame."""
+        order = np.argsort(self.frames.id)
+        pos = np.searchsorted(self.frames.id, self.reflections.frame_id, sorter=order)
+        return order[np.clip(pos, 0, len(order) - 1)]

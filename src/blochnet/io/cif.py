@@ -1,0 +1,466 @@
+"""Read a crystal structure (cell, space group, asymmetric unit) from a CIF file.
+
+The file is parsed with gemmi; numbers keep their standard uncertainties
+(``"0.51538(12)"`` gives 0.51538 and s.u. 0.00012), which gemmi's own converters drop.
+Every problem with the file is reported as :class:`~blochnet.errors.InputFileError`
+naming the file, the tag or atom, and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from os import PathLike
+from pathlib import Path
+
+import gemmi
+import numpy as np
+from gemmi import cif
+
+from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, SymOp
+from blochnet.errors import InputFileError
+from blochnet.physics.lattice import uij_to_cartesian
+
+__all__ = ["parse_number", "read_structure"]
+
+_B_TO_U = 1.0 / (8.0 * np.pi**2)  # U = B / (8 π²)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?(?:\((\d+)\))?$")
+_OPERATOR_TAGS = ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz")
+_HALL_TAGS = ("_space_group_name_Hall", "_symmetry_space_group_name_Hall")
+_HM_TAGS = ("_space_group_name_H-M_alt", "_symmetry_space_group_name_H-M")
+_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number")
+_SITE_COLUMNS = tuple(
+    "fract_x label type_symbol fract_y fract_z occupancy U_iso_or_equiv B_iso_or_equiv "
+    "adp_type thermal_displace_type calc_flag".split()
+)
+_SITE_NUMBERS = {
+    "x": "fract_x",
+    "y": "fract_y",
+    "z": "fract_z",
+    "occ": "occupancy",
+    "uiso": "U_iso_or_equiv",
+    "biso": "B_iso_or_equiv",
+}
+_ANISO_INDICES = ("11", "22", "33", "12", "13", "23")
+_DEN = 24  # gemmi's denominator of operator translations
+
+
+def parse_number(text: str) -> tuple[float, float | None] | None:
+    """Parse a CIF number with optional s.u.: ``"0.51538(12)"`` -> ``(0.51538, 0.00012)``.
+
+    Returns None for the CIF null values ``?`` and ``.``; raises ValueError for text
+    that is not a number.
+    """
+    if cif.is_null(text.strip()):
+        return None
+    text = cif.as_string(text).strip()
+    match = _NUMBER.match(text)
+    if match is None:
+        raise ValueError(f"not a number: {text!r}")
+    mantissa, exponent, su_digits = match.groups()
+    value = float(text.split("(")[0])
+    if su_digits is None:
+        return value, None
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return value, float(f"{su_digits}e{int(exponent or 0) - decimals}")
+
+
+def read_structure(path: str | PathLike[str]) -> Crystal:
+    """Read the cell, space group and asymmetric unit of a CIF file.
+
+    Parameters
+    ----------
+    path : CIF file. When several data blocks hold ``_atom_site_fract_x`` the first
+        is used (with a warning); blocks without atoms (e.g. JANA's global block) are
+        skipped, and tags missing from the atom block are looked up in the others.
+
+    Returns
+    -------
+    Crystal with every space-group operator (centring included, identity first) and
+    the atoms of the asymmetric unit; s.u. are kept in the ``su`` dictionaries.
+    """
+    path = Path(path)
+    document = _read_document(path)
+    block, others = _atom_block(document, path)
+    blocks = [block, *others]
+    cell = _read_cell(path, blocks)
+    operators, spacegroup = _read_symmetry(path, blocks)
+    atoms = _read_atoms(path, block, cell)
+    return Crystal(cell, spacegroup, operators, atoms, source=str(path), block=block.name)
+
+
+# --- document and blocks -------------------------------------------------------------
+
+
+def _read_document(path: Path) -> cif.Document:
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as error:
+        raise InputFileError(path, "", f"cannot read the file ({error.strerror})") from None
+    try:
+        return cif.read_string(text)
+    except (ValueError, RuntimeError) as error:
+        match = re.match(r"^string:(\d+)[:\s]*(?:\d+\(\d+\):\s*)?(.*)$", str(error), re.DOTALL)
+        where, problem = (f"line {match[1]}", match[2]) if match else ("", str(error))
+        raise InputFileError(path, where, f"not valid CIF syntax: {problem}") from None
+
+
+def _atom_block(document: cif.Document, path: Path) -> tuple[cif.Block, list[cif.Block]]:
+    blocks = list(document)
+    with_atoms = [b for b in blocks if len(b.find_values("_atom_site_fract_x")) > 0]
+    if not with_atoms:
+        names = ", ".join(f"data_{b.name}" for b in blocks) or "none"
+        raise InputFileError(
+            path, "_atom_site_fract_x", f"no data block lists atom sites (blocks: {names})"
+        )
+    block = with_atoms[0]
+    if len(with_atoms) > 1:
+        ignored = ", ".join(f"data_{b.name}" for b in with_atoms[1:])
+        message = f"several data blocks list atoms; using data_{block.name}, ignoring {ignored}"
+        warnings.warn(f"{path}: {message}", stacklevel=3)
+    return block, [b for b in blocks if b.name != block.name]
+
+
+def _columns(block: cif.Block, prefix: str, anchor: str, names: tuple[str, ...]):
+    """Raw values of the columns ``prefix + name`` in the loop (or pairs) of ``anchor``.
+
+    Returns the number of rows and a dict of the present columns (the anchor included).
+    """
+    if len(block.find_values(prefix + anchor)) == 0:
+        return 0, {}
+    others = [name for name in names if name != anchor]
+    table = block.find(prefix, [anchor] + ["?" + name for name in others])
+    columns = {anchor: [row[0] for row in table]}
+    for i, name in enumerate(others, start=1):
+        if table.has_column(i):
+            columns[name] = [row[i] for row in table]
+    return len(table), columns
+
+
+def _number(path: Path, where: str, raw: str | None, *, required: bool = True):
+    """A (value, su) pair, None for a missing optional value; InputFileError otherwise."""
+    if raw is None:
+        if required:
+            raise InputFileError(path, where, "missing; expected a number")
+        return None
+    try:
+        parsed = parse_number(raw)
+    except ValueError:
+        raise InputFileError(path, where, f"expected a number, got {raw!r}") from None
+    if parsed is None and required:
+        raise InputFileError(path, where, f"missing value {raw!r}; expected a number")
+    return parsed
+
+
+# --- cell ----------------------------------------------------------------------------
+
+
+def _read_cell(path: Path, blocks: list[cif.Block]) -> Cell:
+    values, su = [], {}
+    for name in CELL_NAMES:
+        kind = "length" if len(name) == 1 else "angle"
+        tag = f"_cell_{kind}_{name}"
+        raw = next((b.find_value(tag) for b in blocks if b.find_value(tag) is not None), None)
+        value, sigma = _number(path, tag, raw)
+        values.append(value)
+        if sigma is not None:
+            su[name] = sigma
+        if kind == "length" and value <= 0:
+            raise InputFileError(path, tag, f"expected a positive length in Å, got {value}")
+        if kind == "angle" and not 0 < value < 180:
+            raise InputFileError(path, tag, f"expected an angle in (0, 180)°, got {value}")
+    ca, cb, cg = np.cos(np.radians(values[3:]))
+    if 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg <= 1e-12:
+        problem = f"the angles {values[3:]} do not form a cell (zero or imaginary volume)"
+        raise InputFileError(path, "_cell_angle_alpha/beta/gamma", problem)
+    return Cell(*values, su=su)
+
+
+# --- symmetry ------------------------------------------------------------------------
+
+
+def _read_symmetry(path: Path, blocks: list[cif.Block]) -> tuple[list[SymOp], str]:
+    """Operators of the first block with symmetry: an operator loop wins over symbols."""
+    for block in blocks:
+        symbols = _symbols(block, _HALL_TAGS + _HM_TAGS)
+        known = [s for s in symbols if s[2] is not None]  # a Hall symbol first
+        loop = _operator_loop(path, block, known)
+        if loop is None and not known:
+            known = [s for s in _symbols(block, _NUMBER_TAGS) if s[2] is not None]
+            if symbols and known:
+                warnings.warn(
+                    f"{path}: unknown space-group symbol {symbols[0][1]!r}; using the "
+                    f"standard setting of {known[0][0]} {known[0][1]}",
+                    stacklevel=3,
+                )
+            elif symbols:
+                raise InputFileError(path, symbols[0][0], f"unknown symbol {symbols[0][1]!r}")
+            else:
+                continue
+        if loop is not None:
+            source, ops = "the operator loop", loop
+        else:
+            source, ops = f"{known[0][0]} {known[0][1]!r}", known[0][2]
+        for tag, value, group in known:
+            if not _same_group(ops, group, tag):
+                message = f"{tag} {value!r} disagrees with {source}; using {source}"
+                warnings.warn(f"{path}: {message}", stacklevel=3)
+        return _finish(ops, symbols + known)
+    raise InputFileError(
+        path,
+        "symmetry",
+        "no space-group information; expected an operator loop "
+        f"({' or '.join(_OPERATOR_TAGS)}) or a symbol ({', '.join(_HALL_TAGS + _HM_TAGS)})",
+    )
+
+
+def _same_group(ops: np.ndarray, other: np.ndarray, tag: str) -> bool:
+    """Equal operator sets; for an H-M symbol, the same group in another origin choice."""
+    if _keys(ops) == _keys(other):
+        return True
+    if tag not in _HM_TAGS:
+        return False
+    found = [gemmi.find_spacegroup_by_ops(_group_ops(o)) for o in (ops, other)]
+    return None not in found and found[0].hm == found[1].hm
+
+
+def _operator_loop(path: Path, block: cif.Block, known: list) -> np.ndarray | None:
+    """The listed operators, completed to a group; None when the block has no loop.
+
+    Completion may add centring translations only when a symbol of the block confirms
+    them (files that list the coset representatives of a centred group).
+    """
+    for tag in _OPERATOR_TAGS:
+        column = block.find_values(tag)
+        if len(column) == 0:
+            continue
+        seitz = []
+        for row, raw in enumerate(column, start=1):
+            try:
+                op = gemmi.Op(cif.as_string(raw))
+                if np.any(np.array(op.rot) % _DEN) or abs(op.det_rot()) != _DEN**3:
+                    raise RuntimeError("not a crystallographic operator")
+            except RuntimeError as error:
+                raise InputFileError(
+                    path, f"{tag} row {row}", f"cannot read operator {raw!r} ({error})"
+                ) from None
+            seitz.append(_seitz(op))
+        ops = np.array(seitz)
+        complete = _complete_group(path, tag, ops)
+        new_centring = _keys(_centrings(complete)) - _keys(_centrings(ops))
+        confirmed = any(_same_group(complete, group, name) for name, _, group in known)
+        if new_centring and not confirmed:
+            raise InputFileError(
+                path,
+                tag,
+                f"the {len(column)} operators generate translations that are not lattice "
+                "vectors of the cell (a mistyped translation?)",
+            )
+        if len(complete) > len(_keys(ops)):
+            message = f"{tag} lists {len(column)} operators, completed to {len(complete)}"
+            warnings.warn(f"{path}: {message}", stacklevel=5)
+        return complete
+    return None
+
+
+def _symbols(block: cif.Block, tags: tuple[str, ...]) -> list[tuple[str, str, np.ndarray | None]]:
+    """(tag, symbol, operators or None if gemmi does not know it) for each symbol tag."""
+    found = []
+    for tag in tags:
+        raw = block.find_value(tag)
+        if raw is None or cif.is_null(raw):
+            continue
+        value = cif.as_string(raw).strip()
+        try:
+            if tag in _HALL_TAGS:
+                group = gemmi.symops_from_hall(value)
+            elif tag in _HM_TAGS:
+                group = gemmi.find_spacegroup_by_name(value).operations()
+            else:
+                group = gemmi.find_spacegroup_by_number(int(value)).operations()
+            ops = np.array([_seitz(op) for op in group])
+        except (RuntimeError, ValueError, AttributeError):
+            ops = None
+        found.append((tag, value, ops))
+    return found
+
+
+def _finish(ops: np.ndarray, symbols: list) -> tuple[list[SymOp], str]:
+    """SymOp records (identity first) and the space-group name."""
+    identity = np.eye(4, dtype=int)
+    identity[3, 3] = _DEN
+    order = sorted(range(len(ops)), key=lambda i: not np.array_equal(ops[i], identity))
+    operators = []
+    for i in order:
+        rot, tran = ops[i, :3, :3], ops[i, :3, 3] % _DEN
+        operators.append(SymOp(rot.astype(int), tran / _DEN, _triplet(ops[i])))
+    spacegroup = gemmi.find_spacegroup_by_ops(_group_ops(ops))
+    if spacegroup is not None:
+        return operators, spacegroup.xhm()
+    names = [value for tag, value, _ in symbols if tag in _HM_TAGS + _HALL_TAGS]
+    return operators, names[0] if names else ""
+
+
+def _triplet(seitz: np.ndarray) -> str:
+    op = gemmi.Op()
+    op.rot = (seitz[:3, :3] * _DEN).tolist()
+    op.tran = (seitz[:3, 3] % _DEN).tolist()
+    return op.triplet()
+
+
+def _group_ops(ops: np.ndarray) -> gemmi.GroupOps:
+    return gemmi.GroupOps([gemmi.Op(_triplet(op)) for op in ops])
+
+
+def _seitz(op: gemmi.Op) -> np.ndarray:
+    """4x4 integer matrix: rotation (integer) and translation in units of 1/24."""
+    matrix = np.zeros((4, 4), dtype=int)
+    matrix[:3, :3] = np.array(op.rot) // _DEN
+    matrix[:3, 3] = np.array(op.tran) % _DEN
+    matrix[3, 3] = _DEN
+    return matrix
+
+
+def _centrings(ops: np.ndarray) -> np.ndarray:
+    """The pure translations (centring vectors) among ``ops``."""
+    return ops[np.all(ops[:, :3, :3] == np.eye(3, dtype=int), axis=(1, 2))]
+
+
+def _keys(ops: np.ndarray) -> set[bytes]:
+    return {np.ascontiguousarray(op).tobytes() for op in ops}
+
+
+def _complete_group(path: Path, tag: str, ops: np.ndarray) -> np.ndarray:
+    """Close a list of operators under composition (translations modulo 1)."""
+    unique = {np.ascontiguousarray(op).tobytes(): op for op in ops}
+    while True:
+        current = np.array(list(unique.values()))
+        rot = np.einsum("aij,bjk->abik", current[:, :3, :3], current[:, :3, :3])
+        tran = np.einsum("aij,bj->abi", current[:, :3, :3], current[:, :3, 3])
+        tran = (tran + current[:, None, :3, 3]) % _DEN
+        products = np.zeros(rot.shape[:2] + (4, 4), dtype=int)
+        products[..., :3, :3], products[..., :3, 3], products[..., 3, 3] = rot, tran, _DEN
+        size = len(unique)
+        for op in products.reshape(-1, 4, 4):
+            unique.setdefault(op.tobytes(), op)
+        if len(unique) > 192:
+            raise InputFileError(path, tag, "the operators do not generate a space group")
+        if len(unique) == size:
+            return current
+
+
+# --- atoms ---------------------------------------------------------------------------
+
+
+def _read_atoms(path: Path, block: cif.Block, cell: Cell) -> list[Atom]:
+    n_rows, columns = _columns(block, "_atom_site_", "fract_x", _SITE_COLUMNS)
+    for name in ("fract_y", "fract_z"):
+        if name not in columns:
+            raise InputFileError(path, f"_atom_site_{name}", "missing column in the atom loop")
+    aniso = _read_aniso(path, block)
+    atoms, seen = [], set()
+    for row in range(n_rows):
+        value = {name: column[row] for name, column in columns.items()}
+        label = cif.as_string(value.get("label", "?"))
+        if cif.is_null(value.get("label", "?")):
+            label = f"atom{row + 1}"
+        if cif.as_string(value.get("calc_flag", "")).lower() == "dum":
+            warnings.warn(f"{path}: skipping dummy atom {label}", stacklevel=3)
+            continue
+        atoms.append(_read_atom(path, label, value, aniso.get(label), cell))
+        seen.add(label)
+    for label in aniso.keys() - seen:
+        warnings.warn(f"{path}: aniso row {label!r} matches no atom; ignored", stacklevel=3)
+    return atoms
+
+
+def _read_atom(path: Path, label: str, value: dict, aniso, cell: Cell) -> Atom:
+    where = f"atom {label}: _atom_site_"
+    parsed = {
+        name: _number(path, f"{where}{tag}", value.get(tag), required=tag.startswith("fract"))
+        for name, tag in _SITE_NUMBERS.items()
+    }
+    uiso, biso = parsed.pop("uiso"), parsed.pop("biso")
+    if uiso is None and biso is not None:  # B = 8 π² U
+        uiso = (biso[0] * _B_TO_U, None if biso[1] is None else biso[1] * _B_TO_U)
+    parsed["uiso"] = uiso
+    su = {name: p[1] for name, p in parsed.items() if p is not None and p[1] is not None}
+    uij = None
+    if aniso is not None:
+        uij, aniso_su = aniso
+        su.update(aniso_su)
+        uiso = (float(np.trace(uij_to_cartesian(cell, uij))) / 3.0, None)
+    elif uiso is None:
+        raise InputFileError(
+            path,
+            f"{where}U_iso_or_equiv",
+            "missing; expected Uiso [Å²] (or B_iso_or_equiv), or an _atom_site_aniso_ row",
+        )
+    adp_type = cif.as_string(value.get("adp_type", value.get("thermal_displace_type", "?")))
+    if aniso is None and adp_type.lower() in ("uani", "bani"):
+        message = f"atom {label} is {adp_type} but has no aniso row; using Uiso"
+        warnings.warn(f"{path}: {message}", stacklevel=4)
+    return Atom(
+        label=label,
+        element=_read_element(path, label, value),
+        xyz=np.array([parsed[axis][0] for axis in "xyz"]),
+        occupancy=1.0 if parsed["occ"] is None else parsed["occ"][0],
+        uiso=uiso[0],
+        uij=uij,
+        su=su,
+    )
+
+
+def _read_element(path: Path, label: str, value: dict) -> str:
+    raw = value.get("type_symbol")
+    if raw is not None and not cif.is_null(raw):
+        tag, text = "_atom_site_type_symbol", cif.as_string(raw)
+    else:
+        tag, text = "_atom_site_label", label
+    element = element_symbol(text)
+    if element is None:
+        raise InputFileError(
+            path,
+            f"atom {label}: {tag}",
+            f"unknown element {text!r}; expected a chemical symbol such as 'Si' or 'O2-'",
+        )
+    return element
+
+
+def element_symbol(text: str) -> str | None:
+    """Element of a type symbol or label: 'O2-' -> 'O', 'CL1' -> 'Cl', 'D1' -> 'H'."""
+    match = re.match(r"[A-Za-z]+", text.strip())
+    if match is None:
+        return None
+    letters = match.group(0)
+    for candidate in (letters[:2], letters[:1]) if len(letters) > 1 else (letters,):
+        element = gemmi.Element(candidate)
+        if element.atomic_number > 0:
+            return "H" if element.atomic_number == 1 else element.name
+    return None
+
+
+def _read_aniso(path: Path, block: cif.Block) -> dict[str, tuple[np.ndarray, dict]]:
+    names = ("label",) + tuple(f"{k}_{ij}" for k in "UB" for ij in _ANISO_INDICES)
+    n_rows, columns = _columns(block, "_atom_site_aniso_", "label", names)
+    if n_rows == 0:
+        if any(len(block.find_values(f"_atom_site_aniso_{k}_11")) for k in "UB"):
+            raise InputFileError(path, "_atom_site_aniso_label", "missing column")
+        return {}
+    kind = "U" if any(f"U_{ij}" in columns for ij in _ANISO_INDICES) else "B"
+    scale = 1.0 if kind == "U" else _B_TO_U
+    for ij in _ANISO_INDICES:
+        if f"{kind}_{ij}" not in columns:
+            raise InputFileError(path, f"_atom_site_aniso_{kind}_{ij}", "missing column")
+    rows = {}
+    for row in range(n_rows):
+        label = cif.as_string(columns["label"][row])
+        uij, su = np.zeros(6), {}
+        for k, (ij, name) in enumerate(zip(_ANISO_INDICES, UIJ_NAMES, strict=True)):
+            tag = f"atom {label}: _atom_site_aniso_{kind}_{ij}"
+            value, sigma = _number(path, tag, columns[f"{kind}_{ij}"][row])
+            uij[k] = value * scale
+            if sigma is not None:
+                su[name] = sigma * scale
+        rows[label] = (uij, su)
+    return rows

@@ -1,0 +1,172 @@
+"""Many-beam Bloch-wave solver: beam intensities at many thicknesses from one eigendecomposition.
+
+Three solvers, chosen by value:
+
+``"eigh"`` (default)
+    Hermitian eigendecomposition of the elastic structure matrix A. Absorption, when given,
+    enters by first-order perturbation of the eigenvalues on that eigenbasis:
+    z_j = λ_j + i μ_j with μ_j = C_jᴴ A' C_j; the eigenvectors are not corrected, so the
+    error is first order in A'_jk / (λ_j − λ_k) for pairs of Bloch waves that A' couples.
+    Adequate in general orientations, where Bloch-wave eigenvalues are well separated — the
+    usual case for 3D-ED frames: for quartz with κ = 0.05 at 100–500 Å it agrees with the
+    exact route to 2e-4–5e-4 absolute. Near zone axes, where eigenvalues are (nearly)
+    degenerate, it is off by 1e-3–4e-2 (Si and quartz, κ = 0.05); use ``"eig"`` there.
+    Without absorption it is exact. Its backward pass is the derivative of the exact
+    absorbing propagator taken at the first-order eigenvalues, so with absorption the
+    gradient carries the same approximation as the intensities.
+``"eig"``
+    General (non-Hermitian) eigendecomposition of X = A + i A'. Exact for any absorption,
+    about 7× slower than ``"eigh"`` (LAPACK geev against heevd, N = 100–200). Needs X diagonalisable (true in practice; a
+    defective X would show as an ill-conditioned eigenvector matrix).
+``"expm"``
+    One matrix exponential per thickness, differentiated by PyTorch. Exact, slow (T times
+    the cost); a reference for tests.
+
+All three return intensities I_g(t) = |ψ_g(t)|², the fraction of the incident flux in beam
+g leaving the exit surface, for the symmetrised structure matrix of
+:func:`blochnet.physics.structure_matrix.structure_matrix`. Shapes follow the glossary:
+``orient`` (orientations in a batch), ``thick``, ``beam``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from blochnet.physics.propagation import propagate_intensities, propagation_backward
+
+Solver = Literal["eigh", "eig", "expm"]
+SOLVERS: tuple[str, ...] = ("eigh", "eig", "expm")
+
+
+def bloch_intensities(
+    matrix: Tensor,
+    thickness: Tensor,
+    c: Tensor | float,
+    *,
+    absorptive: Tensor | None = None,
+    solver: Solver = "eigh",
+    incident: int = 0,
+) -> Tensor:
+    """Intensities of every beam at every thickness.
+
+    Parameters
+    ----------
+    matrix : Tensor (orient, beam, beam) Hermitian elastic structure matrix A [Å⁻²]
+        (real symmetric for centrosymmetric crystals).
+    thickness : Tensor (thick,) or (orient, thick) [Å], measured along the surface normal.
+    c : Tensor (orient,) or float, π / K_n [Å] with K_n the normal component of the
+        wave vector in the crystal.
+    absorptive : Tensor (orient, beam, beam) Hermitian absorptive matrix A' [Å⁻²], or None.
+    solver : ``"eigh"``, ``"eig"`` or ``"expm"`` (see module docstring).
+    incident : index of the incident beam in the beam list.
+
+    Returns
+    -------
+    Tensor (orient, thick, beam), real, same precision as ``matrix``.
+
+    Notes
+    -----
+    ψ(t) = exp(i c t (A + i A')) e₀ and I_g(t) = |ψ_g(t)|², c = π/K_n; see
+    :mod:`blochnet.physics.propagation` for the eigenbasis evaluation and its gradient.
+    """
+    if matrix.ndim != 3 or matrix.shape[-1] != matrix.shape[-2]:
+        raise ValueError(f"matrix must have shape (orient, beam, beam), got {tuple(matrix.shape)}")
+    n_orient = matrix.shape[0]
+    real_dtype = matrix.real.dtype if matrix.is_complex() else matrix.dtype
+    thickness = torch.as_tensor(thickness, dtype=real_dtype, device=matrix.device)
+    thickness = thickness.expand(n_orient, -1) if thickness.ndim == 1 else thickness
+    c = torch.as_tensor(c, dtype=real_dtype, device=matrix.device).expand(n_orient)
+    if solver == "eigh":
+        return _HermitianPropagation.apply(matrix, absorptive, thickness, c, incident)
+    if solver == "eig":
+        return _GeneralPropagation.apply(matrix, absorptive, thickness, c, incident)
+    if solver == "expm":
+        return _expm_intensities(matrix, absorptive, thickness, c, incident)
+    raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+
+
+def _absorption_eigenvalue_shift(vectors: Tensor, absorptive: Tensor) -> Tensor:
+    """First-order absorption μ_j = C_jᴴ A' C_j (real for Hermitian A')."""
+    av = absorptive.to(_common(vectors, absorptive)) @ vectors.to(_common(vectors, absorptive))
+    return torch.real(torch.einsum("obm,obm->om", vectors.conj(), av))
+
+
+def _common(x: Tensor, y: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, y.dtype)
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+class _HermitianPropagation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, matrix, absorptive, thickness, c, incident):
+        values, vectors = torch.linalg.eigh(matrix)
+        z = values.to(_complex_dtype(matrix.dtype))
+        if absorptive is not None:
+            z = torch.complex(values, _absorption_eigenvalue_shift(vectors, absorptive))
+        psi, phase = propagate_intensities(vectors, z, vectors, thickness, c, incident)
+        ctx.save_for_backward(psi, phase, vectors, z, thickness, c)
+        ctx.incident = incident
+        ctx.real_input = (not matrix.is_complex(), absorptive is None or not absorptive.is_complex())
+        ctx.has_absorption = absorptive is not None
+        return psi.real**2 + psi.imag**2
+
+    @staticmethod
+    def backward(ctx, grad_intensity):
+        psi, phase, vectors, z, thickness, c = ctx.saved_tensors
+        real_matrix = not vectors.is_complex() and not ctx.has_absorption
+        grad_x, grad_ct = propagation_backward(
+            grad_intensity, psi, phase, vectors, z, vectors, thickness, c, ctx.incident,
+            real_matrix=real_matrix,
+        )  # fmt: skip
+        return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+
+
+class _GeneralPropagation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, matrix, absorptive, thickness, c, incident):
+        x = matrix.to(_complex_dtype(matrix.dtype))
+        if absorptive is not None:
+            x = x + 1j * absorptive.to(x.dtype)
+        z, vectors = torch.linalg.eig(x)
+        left = torch.linalg.inv(vectors).mH
+        psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
+        ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)
+        ctx.incident = incident
+        ctx.real_input = (not matrix.is_complex(), absorptive is None or not absorptive.is_complex())
+        ctx.has_absorption = absorptive is not None
+        return psi.real**2 + psi.imag**2
+
+    @staticmethod
+    def backward(ctx, grad_intensity):
+        psi, phase, vectors, z, left, thickness, c = ctx.saved_tensors
+        grad_x, grad_ct = propagation_backward(
+            grad_intensity, psi, phase, vectors, z, left, thickness, c, ctx.incident
+        )
+        return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+
+
+def _split_gradient(ctx, grad_x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients for A and A' from the gradient for X = A + i A'."""
+    real_a, real_abs = ctx.real_input
+    grad_a = grad_x.real if (real_a and grad_x.is_complex()) else grad_x
+    grad_abs = None
+    if ctx.has_absorption:
+        g = -1j * grad_x
+        grad_abs = g.real if real_abs else g
+    return grad_a, grad_abs
+
+
+def _expm_intensities(matrix, absorptive, thickness, c, incident):
+    x = matrix.to(_complex_dtype(matrix.dtype))
+    if absorptive is not None:
+        x = x + 1j * absorptive.to(x.dtype)
+    ct = (c[:, None] * thickness).to(x.dtype)  # (orient, thick)
+    exponent = 1j * ct[:, :, None, None] * x[:, None, :, :]
+    psi = torch.linalg.matrix_exp(exponent)[..., incident]  # (orient, thick, beam)
+    return psi.real**2 + psi.imag**2

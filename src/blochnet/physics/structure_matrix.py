@@ -1,0 +1,131 @@
+"""The Bloch-wave structure matrix for a batch of orientations with different beam sets.
+
+Notes
+-----
+For beams g, h of one orientation (Zuo & Spence, *Advanced TEM*, ch. 5)
+
+    A_gg = 2K s_g,    A_gh = U_{g−h} (g ≠ h),
+
+symmetrised for an inclined surface with normal n as A_gh / sqrt((1 + g·n/K_n)(1 + h·n/K_n)).
+The absorptive matrix A' has A'_gh = U'_{g−h} including the diagonal U'_0, with the same
+factors. Eigenvalues λ of A relate to the Bloch-wave excitation γ by λ = 2 K_n γ.
+
+Orientations of one batch have different numbers of beams. Two layouts are offered:
+*padded* (one tensor, unused rows/columns decoupled by distinct diagonal values far from
+the spectrum, so that they carry no intensity and change nothing) and *grouped* (one padded
+batch per similar size, see :func:`group_by_size`). ``benchmarks/forward.py`` measures both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class BeamBatch:
+    """Beam sets of several orientations in one padded layout.
+
+    Attributes
+    ----------
+    hkl : Tensor (orient, beam, 3) int64, zero where padded.
+    mask : Tensor (orient, beam) bool, True for real beams.
+    differences : Tensor (ref, 3) int64, the distinct g − h over all orientations.
+    difference_index : Tensor (orient, beam, beam) int64 into ``differences``.
+    """
+
+    hkl: Tensor
+    mask: Tensor
+    differences: Tensor
+    difference_index: Tensor
+
+    @classmethod
+    def from_lists(cls, beam_lists: list[np.ndarray], *, device=None) -> BeamBatch:
+        """Pad ``beam_lists`` (each (beam_i, 3) int, incident beam first) into one batch."""
+        if not beam_lists:
+            raise ValueError("no beam sets given")
+        n_max = max(len(b) for b in beam_lists)
+        hkl = np.zeros((len(beam_lists), n_max, 3), dtype=np.int64)
+        mask = np.zeros((len(beam_lists), n_max), dtype=bool)
+        for i, beams in enumerate(beam_lists):
+            hkl[i, : len(beams)] = beams
+            mask[i, : len(beams)] = True
+        diff = hkl[:, :, None, :] - hkl[:, None, :, :]
+        differences, inverse = np.unique(diff.reshape(-1, 3), axis=0, return_inverse=True)
+        return cls(
+            hkl=torch.as_tensor(hkl, device=device),
+            mask=torch.as_tensor(mask, device=device),
+            differences=torch.as_tensor(differences, device=device),
+            difference_index=torch.as_tensor(inverse.reshape(diff.shape[:3]), device=device),
+        )
+
+    @property
+    def n_beams(self) -> Tensor:
+        return self.mask.sum(-1)
+
+
+def structure_matrix(
+    batch: BeamBatch,
+    potential: Tensor,
+    excitation: Tensor,
+    k: Tensor,
+    factor: Tensor | None = None,
+    *,
+    diagonal: Tensor | None = None,
+) -> Tensor:
+    """Symmetrised structure matrix of every orientation in ``batch``.
+
+    Parameters
+    ----------
+    batch : the beam sets.
+    potential : Tensor (ref,) U_g [Å⁻²] at ``batch.differences`` (real or complex).
+    excitation : Tensor (orient, beam) s_g [Å⁻¹] (ignored where padded).
+    k : Tensor (orient,) or scalar |K| [Å⁻¹].
+    factor : Tensor (orient, beam) 1 + g·n/K_n, or None for a surface normal along K.
+    diagonal : Tensor (orient, beam) to use as the diagonal instead of 2K s_g (used for the
+        absorptive matrix, whose diagonal is U'_0).
+
+    Returns
+    -------
+    Tensor (orient, beam, beam); padded rows and columns are zero off the diagonal and carry
+    distinct diagonal values above the spectrum (zero for an absorptive ``diagonal``).
+    """
+    a = potential[batch.difference_index]
+    k = torch.as_tensor(k, dtype=excitation.dtype, device=excitation.device)
+    diag = 2 * k.reshape(-1, 1) * excitation if diagonal is None else diagonal
+    mask = batch.mask
+    pair = mask[:, :, None] & mask[:, None, :]
+    eye = torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
+    a = torch.where(pair & ~eye, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    if factor is not None:
+        scale = torch.where(mask, factor, torch.ones_like(factor)).rsqrt()
+        a = a * (scale[:, :, None] * scale[:, None, :]).to(a.dtype)
+        diag = diag * scale**2
+    padding = _padding_values(diag, mask) if diagonal is None else torch.zeros_like(diag)
+    diag = torch.where(mask, diag, padding)
+    return a + torch.diag_embed(diag.to(a.dtype))
+
+
+def _padding_values(diag: Tensor, mask: Tensor) -> Tensor:
+    """Distinct values well above every real diagonal element for padded beams."""
+    top = torch.where(mask, diag.abs(), torch.zeros_like(diag)).amax().detach() + 1.0
+    steps = torch.arange(1, diag.shape[-1] + 1, dtype=diag.dtype, device=diag.device)
+    return (10 * top + steps * top).expand_as(diag)
+
+
+def group_by_size(sizes: list[int], *, tolerance: float = 0.15) -> list[list[int]]:
+    """Group orientation indices whose beam counts differ by at most ``tolerance`` (relative).
+
+    Returns lists of indices, each to be solved as one padded batch.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and sizes[i] <= sizes[groups[-1][0]] * (1 + tolerance):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
