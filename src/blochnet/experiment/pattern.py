@@ -22,7 +22,6 @@ from blochnet.physics.beams import (
     normal_factors,
     reciprocal_lattice_points,
     select_beams,
-    wavevector_in_crystal,
     zone_axis_direction,
 )
 from blochnet.physics.bloch import SOLVERS, bloch_intensities
@@ -81,7 +80,8 @@ def simulate_pattern(
     ----------
     crystal : the structure.
     zone : direct-lattice direction [uvw] along which the beam travels (non-integer allowed).
-    thickness : one thickness or a sequence [Å], measured along the surface normal.
+    thickness : one thickness or a sequence [Å], measured along the surface normal (a tensor
+        keeps its gradient).
     normal : direct-lattice direction of the surface normal; default: the beam direction.
     voltage : accelerating voltage [V].
     g_max : largest |g| of a beam [Å⁻¹].
@@ -99,8 +99,9 @@ def simulate_pattern(
         raise ConfigurationError(f"unknown solver {solver!r}; use one of {SOLVERS}")
     if absorption < 0:
         raise ConfigurationError(f"absorption κ must be ≥ 0, got {absorption}")
-    thickness_t = torch.as_tensor(np.atleast_1d(np.asarray(thickness, dtype=float)), dtype=dtype,
-                                  device=device)  # fmt: skip
+    if not isinstance(thickness, Tensor):
+        thickness = np.asarray(thickness, dtype=float)
+    thickness_t = torch.atleast_1d(torch.as_tensor(thickness, dtype=dtype, device=device))
     if thickness_t.ndim != 1 or torch.any(thickness_t < 0) or not torch.all(thickness_t.isfinite()):
         raise ConfigurationError(f"thicknesses must be finite and ≥ 0 Å, got {thickness}")
 
@@ -108,19 +109,19 @@ def simulate_pattern(
     atoms = model.atom_tensors() if atoms is None else atoms
     wavelength = energy_to_wavelength(voltage)
     zero = torch.zeros((1, 3), dtype=torch.int64, device=model.device)
-    u0 = float(model.potential(zero, atoms, real=False).real.detach()[0])
-    k = wavevector_in_crystal(wavelength, u0)
+    u0 = model.potential(zero, atoms, real=False).real[0]  # mean inner potential term [Å⁻²]
+    k = torch.sqrt(1 / wavelength**2 + u0)  # |K| in the crystal, differentiable in U₀
 
     direction = _direction(crystal, zone, "zone")
     n_dir = direction if normal is None else _direction(crystal, normal, "normal")
     if float(direction @ n_dir) <= 0.05:
         raise ConfigurationError("the surface normal must make an angle < 87° with the beam")
     as_t = lambda x: torch.as_tensor(x, dtype=dtype, device=model.device)  # noqa: E731
-    k_vec, n_vec = as_t(k * direction), as_t(n_dir)
+    k_vec, n_vec = k * as_t(direction), as_t(n_dir)
 
     hkl_all = torch.as_tensor(reciprocal_lattice_points(crystal.cell, g_max), device=model.device)
     g_all = model.g_vectors(hkl_all)
-    s_all = excitation_errors(g_all, k_vec)
+    s_all = excitation_errors(g_all, k_vec.detach())
     keep = select_beams(torch.linalg.vector_norm(g_all, dim=-1), s_all, g_max, sg_max)
     hkl = hkl_all[keep]
     batch = BeamBatch.from_lists([hkl.cpu().numpy()], device=model.device)
@@ -141,12 +142,12 @@ def simulate_pattern(
         hkl=hkl.cpu().numpy(),
         g=torch.linalg.vector_norm(g, dim=-1).detach().cpu().numpy(),
         excitation_error=s_g[0].detach().cpu().numpy(),
-        thickness=thickness_t.cpu().numpy(),
+        thickness=thickness_t.detach().cpu().numpy(),
         intensities=intensities,
         beam_direction=direction,
         normal=n_dir,
         wavelength=wavelength,
-        k=k,
+        k=float(k),
     )
 
 

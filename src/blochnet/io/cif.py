@@ -21,7 +21,7 @@ from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, SymOp
 from blochnet.errors import InputFileError
 from blochnet.physics.lattice import uij_to_cartesian
 
-__all__ = ["parse_number", "read_structure"]
+__all__ = ["element_symbol", "parse_number", "read_structure"]
 
 _B_TO_U = 1.0 / (8.0 * np.pi**2)  # U = B / (8 π²)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?(?:\((\d+)\))?$")

@@ -55,10 +55,6 @@ def zone_axis_direction(cell: Cell, uvw) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
-def wavevector_in_crystal(wavelength: float, u0: float) -> float:
-    """|K| = sqrt(1/λ² + U₀) [Å⁻¹] for vacuum wavelength λ [Å] and mean potential U₀ [Å⁻²]."""
-    return math.sqrt(1.0 / wavelength**2 + u0)
-
 
 def excitation_errors(g_cart: Tensor, k_vec: Tensor) -> Tensor:
     """s_g = (K² − |K + g|²) / (2|K|) [Å⁻¹].

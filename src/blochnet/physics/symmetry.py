@@ -25,7 +25,6 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
-import gemmi
 import numpy as np
 import torch
 from torch import Tensor
@@ -359,6 +358,8 @@ def _rotation_types(rot: np.ndarray) -> tuple:
 
 @functools.cache
 def _point_group_table() -> dict[tuple, str]:
+    import gemmi  # only to name the site symmetry
+
     table: dict[tuple, str] = {}
     for spacegroup in gemmi.spacegroup_table():
         symbol = spacegroup.point_group_hm()
