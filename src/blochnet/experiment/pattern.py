@@ -147,7 +147,7 @@ def simulate_pattern(
         beam_direction=direction,
         normal=n_dir,
         wavelength=wavelength,
-        k=float(k),
+        k=float(k.detach()),
     )
 
 
