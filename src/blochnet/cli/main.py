@@ -1,0 +1,101 @@
+"""The ``blochnet`` command: a typer app whose subcommands live in sibling modules.
+
+Each subcommand module has a ``register(app)`` function; adding a command means adding a
+module and one entry to :data:`_COMMAND_MODULES`. The heavy library (torch) is imported
+inside the command bodies so that ``blochnet --help`` stays fast.
+
+Errors caused by user input (:class:`~blochnet.errors.BlochnetError`, and
+FileNotFoundError / ValueError) are printed as one red line on stderr and the command
+exits with status 2; Ctrl-C exits with status 130. ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
+
+from blochnet.errors import BlochnetError
+
+__all__ = ["app", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+
+EXIT_USER_ERROR = 2  # the status click uses for usage errors too
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+_USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
+_COMMAND_MODULES = ("pattern",)  # modules of blochnet.cli, each with register(app)
+
+
+class _BlochnetGroup(TyperGroup):
+    """Top-level group that turns user errors into a message and an exit status."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as error:
+            if ctx.meta.get("blochnet.debug"):
+                raise
+            _print_error(_message(error))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or 'file not found'}"
+    return str(error) or type(error).__name__
+
+
+def _print_error(message: str) -> None:
+    console = Console(stderr=True, highlight=False)
+    console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        try:
+            number = version("blochnet")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            number = "unknown"
+        typer.echo(f"blochnet {number}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="blochnet",
+    cls=_BlochnetGroup,
+    help="Dynamical (Bloch-wave) simulation and refinement of 3D electron diffraction data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version_: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of errors.")
+    ] = False,
+) -> None:
+    ctx.meta["blochnet.debug"] = debug
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"blochnet.cli.{_name}").register(app)
