@@ -86,15 +86,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     thickness = torch.linspace(100.0, 2000.0, N_THICK, dtype=torch.float64, device=device)
-    print(f"device {device}, {torch.get_num_threads()} thread(s), {args.orientations} "
-          f"orientations, {N_THICK} thicknesses, float64, quartz complex Hermitian matrices")  # fmt: skip
+    print(
+        f"device {device}, {torch.get_num_threads()} thread(s), {args.orientations} "
+        f"orientations, {N_THICK} thicknesses, float64, quartz complex Hermitian matrices"
+    )
     print(f"{'N':>5} {'eigh ms/matrix':>15} {'fwd+bwd ms/matrix':>18} {'ratio':>7}")
     for n in args.sizes:
         matrices, _ = quartz_matrices([n] * args.orientations, device=device)
         weights = torch.rand(args.orientations, N_THICK, n, dtype=torch.float64, device=device)
         t_eigh = best_time(lambda m=matrices: torch.linalg.eigh(m), args.repeats, device)
-        t_ours = best_time(lambda m=matrices, w=weights: forward_backward(m, thickness, w),
-                           args.repeats, device)  # fmt: skip
+        t_ours = best_time(
+            lambda m=matrices, w=weights: forward_backward(m, thickness, w), args.repeats, device
+        )
         per = 1e3 / args.orientations
         print(f"{n:>5} {t_eigh * per:>15.3f} {t_ours * per:>18.3f} {t_ours / t_eigh:>7.2f}")
 
@@ -102,8 +105,9 @@ def main() -> None:
     rng = np.random.default_rng(1)
     sizes = [int(x) for x in rng.integers(100, 261, size=args.orientations)]
     matrices, batch = quartz_matrices(sizes, device=device)
-    weights = torch.rand(args.orientations, N_THICK, matrices.shape[-1], dtype=torch.float64,
-                         device=device)  # fmt: skip
+    weights = torch.rand(
+        args.orientations, N_THICK, matrices.shape[-1], dtype=torch.float64, device=device
+    )
     t_pad = best_time(lambda: forward_backward(matrices, thickness, weights), args.repeats, device)
     groups = group_by_size(sizes, tolerance=0.1)
 
@@ -113,8 +117,10 @@ def main() -> None:
             forward_backward(matrices[group][:, :n, :n], thickness, weights[group])
 
     t_group = best_time(grouped, args.repeats, device)
-    print(f"  padded to {matrices.shape[-1]}: {t_pad:.3f} s   grouped ({len(groups)} groups, "
-          f"≤10 % padding): {t_group:.3f} s   padded/grouped = {t_pad / t_group:.2f}")
+    print(
+        f"  padded to {matrices.shape[-1]}: {t_pad:.3f} s   grouped ({len(groups)} groups, "
+        f"≤10 % padding): {t_group:.3f} s   padded/grouped = {t_pad / t_group:.2f}"
+    )
 
 
 if __name__ == "__main__":

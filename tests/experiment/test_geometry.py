@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,26 +21,14 @@ from blochnet.experiment.geometry import (
 )
 from blochnet.io.pets import read_pets, write_pets
 from blochnet.physics.lattice import reciprocal_matrix
+from conftest import shared_data_dir
 
-
-def _experiments() -> Path | None:
-    here = Path(__file__).resolve()
-    bases = [os.environ.get("BLOCHNET_SHARED_DATA")]
-    bases += [str(parent / "shared" / "data") for parent in here.parents]
-    for base in bases:
-        if base and (Path(base) / "experiments" / "quartz").is_dir():
-            return Path(base) / "experiments"
-    return None
-
-
-EXPERIMENTS = _experiments()
+EXPERIMENTS = shared_data_dir() / "experiments"
 NAMES = ["quartz", "glycine"]
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def dataset(request) -> Dataset:
-    if EXPERIMENTS is None:
-        pytest.skip("shared/data not found")
     return read_pets(EXPERIMENTS / request.param / f"{request.param}.cif_pets")
 
 

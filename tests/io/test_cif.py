@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -14,23 +13,12 @@ from blochnet.errors import InputFileError
 from blochnet.io.cif import element_symbol, parse_number, read_structure
 from blochnet.physics.lattice import uij_to_cartesian
 from blochnet.physics.symmetry import site_constraints
+from conftest import shared_data_dir
 
-
-def _data_dir() -> Path:
-    here = Path(__file__).resolve()
-    candidates = [os.environ.get("BLOCHNET_DATA", ""), here.parents[2] / "shared" / "data"]
-    candidates.append(here.parents[3] / "shared" / "data")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return Path("shared/data")
-
-
-DATA = _data_dir()
+DATA = shared_data_dir()
 QUARTZ = DATA / "structures" / "quartz.cif"
 CSPBBR3 = DATA / "structures" / "cspbbr3.cif"
 GLYCINE = DATA / "experiments" / "glycine" / "glycine.cif"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not available")
 
 SHARED = [
     ("experiments/quartz/quartz.cif", 2, "P 32 2 1", 6, 9),
@@ -99,7 +87,6 @@ _atom_site_occupancy
 # --- the shared real files -----------------------------------------------------------
 
 
-@needs_data
 @pytest.mark.parametrize(("name", "n_atoms", "spacegroup", "n_ops", "n_sites"), SHARED)
 def test_every_shared_cif_loads_with_its_atoms_and_space_group(
     name, n_atoms, spacegroup, n_ops, n_sites
@@ -115,7 +102,6 @@ def test_every_shared_cif_loads_with_its_atoms_and_space_group(
     assert crystal.source == str(DATA / name)
 
 
-@needs_data
 def test_standard_uncertainties_are_kept_for_cell_coordinates_and_adps():
     crystal = read_structure(CSPBBR3)
     assert crystal.cell.a == pytest.approx(8.1189)
@@ -151,7 +137,6 @@ def test_numbers_are_split_into_value_and_standard_uncertainty(text, expected):
         assert parsed[1] == (None if expected[1] is None else pytest.approx(expected[1]))
 
 
-@needs_data
 def test_aniso_loop_in_nonstandard_column_order_is_read_by_tag_name():
     crystal = read_structure(QUARTZ)
     si = crystal.atom("Si1")
@@ -163,7 +148,6 @@ def test_aniso_loop_in_nonstandard_column_order_is_read_by_tag_name():
     assert si.is_anisotropic
 
 
-@needs_data
 def test_glycine_hydrogen_atoms_are_read_from_a_crlf_file():
     assert b"\r\n" in GLYCINE.read_bytes()
     crystal = read_structure(GLYCINE)
@@ -173,7 +157,6 @@ def test_glycine_hydrogen_atoms_are_read_from_a_crlf_file():
     assert crystal.atom("O1").xyz[0] == pytest.approx(1.1613)
 
 
-@needs_data
 def test_crlf_line_endings_and_a_byte_order_mark_read_like_the_original(tmp_path):
     original = read_structure(QUARTZ)
     text = QUARTZ.read_text().replace("\n", "\r\n")
@@ -215,7 +198,6 @@ def test_hall_symbol_alone_gives_the_operators(tmp_path):
     }
 
 
-@needs_data
 @pytest.mark.parametrize("symbol", ["P 32 2 1", "P3221"])
 def test_hm_symbol_alone_gives_the_same_operators_as_the_loop(tmp_path, symbol):
     text = QUARTZ.read_text()
@@ -227,7 +209,6 @@ def test_hm_symbol_alone_gives_the_same_operators_as_the_loop(tmp_path, symbol):
     assert {op.xyz for op in crystal.operators} == {op.xyz for op in loop.operators}
 
 
-@needs_data
 def test_operator_loop_wins_over_a_disagreeing_symbol_with_a_warning(tmp_path):
     path = _mutate(tmp_path, QUARTZ, "'P3221'", "'P3121'")
     with pytest.warns(UserWarning, match="disagrees with the operator loop"):
@@ -299,7 +280,6 @@ def test_missing_occupancy_defaults_to_one_and_missing_uiso_uses_the_aniso_row(t
     assert not crystal.atom("C1").is_anisotropic
 
 
-@needs_data
 def test_missing_uiso_is_fine_when_the_atom_has_an_aniso_row(tmp_path):
     path = _mutate(tmp_path, CSPBBR3, "Uani 0.01530(10)", "Uani ?")
     pb = read_structure(path).atom("Pb1")
@@ -315,7 +295,6 @@ def test_missing_uiso_without_aniso_row_names_the_atom_and_field(tmp_path):
         read_structure(_write(tmp_path, text))
 
 
-@needs_data
 def test_b_values_are_converted_to_u(tmp_path):
     text = QUARTZ.read_text().replace("_atom_site_U_iso_or_equiv", "_atom_site_B_iso_or_equiv")
     text = text.replace("_atom_site_aniso_U_", "_atom_site_aniso_B_")
@@ -369,14 +348,12 @@ def test_a_missing_file_raises_input_file_error(tmp_path):
         read_structure(path)
 
 
-@needs_data
 def test_invalid_cif_syntax_reports_the_line(tmp_path):
     path = _mutate(tmp_path, QUARTZ, "O1 O 0.854729", "O1 O 'unterminated 0.854729")
     with pytest.raises(InputFileError, match=r"quartz.cif: line \d+: not valid CIF"):
         read_structure(path)
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("source", "old", "new", "where"),
     [

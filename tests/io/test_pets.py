@@ -6,7 +6,6 @@ Bad files are built in ``tmp_path`` by editing the text of the real files
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,20 +15,9 @@ import pytest
 from blochnet.crystal import Cell
 from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.io.pets import check_cell, read_pets, write_pets
+from conftest import shared_data_dir
 
-
-def _experiments() -> Path | None:
-    here = Path(__file__).resolve()
-    bases = [os.environ.get("BLOCHNET_SHARED_DATA")]
-    bases += [str(parent / "shared" / "data") for parent in here.parents]
-    for base in bases:
-        if base and (Path(base) / "experiments" / "quartz").is_dir():
-            return Path(base) / "experiments"
-    return None
-
-
-EXPERIMENTS = _experiments()
-pytestmark = pytest.mark.skipif(EXPERIMENTS is None, reason="shared/data not found")
+EXPERIMENTS = shared_data_dir() / "experiments"
 
 
 def _path(name: str) -> Path:

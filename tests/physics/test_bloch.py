@@ -113,15 +113,19 @@ def test_absorption_gradients_match_finite_differences(solver):
     t = torch.tensor([40.0, 300.0], dtype=torch.float64)
 
     def intensities(a, a_abs):
-        return bloch_intensities((a + a.mH) / 2, t, C, absorptive=(a_abs + a_abs.mH) / 2,
-                                 solver=solver)  # fmt: skip
+        return bloch_intensities(
+            (a + a.mH) / 2, t, C, absorptive=(a_abs + a_abs.mH) / 2, solver=solver
+        )
 
     if solver == "eig":
         assert torch.autograd.gradcheck(intensities, (a, a_abs))
     else:  # first-order route: derivative of the exact propagator at first-order eigenvalues
         numeric = torch.autograd.functional.jacobian(
-            lambda a, b: bloch_intensities((a + a.mH) / 2, t, C, absorptive=(b + b.mH) / 2,
-                                           solver="eig"), (a, a_abs))  # fmt: skip
+            lambda a, b: bloch_intensities(
+                (a + a.mH) / 2, t, C, absorptive=(b + b.mH) / 2, solver="eig"
+            ),
+            (a, a_abs),
+        )
         analytic = torch.autograd.functional.jacobian(intensities, (a, a_abs))
         for n, m in zip(numeric, analytic, strict=True):
             assert torch.allclose(n, m, atol=2e-2 * n.abs().max())
@@ -162,9 +166,12 @@ def test_padded_batch_matches_separate_orientations():
     for i, beams in enumerate(beam_sets):
         single = BeamBatch.from_lists([beams])
         alone = bloch_intensities(
-            structure_matrix(single, potential(single.differences), exc[i : i + 1, : len(beams)], K),
-            t, C,
-        )  # fmt: skip
+            structure_matrix(
+                single, potential(single.differences), exc[i : i + 1, : len(beams)], K
+            ),
+            t,
+            C,
+        )
         assert torch.allclose(together[i, :, : len(beams)], alone[0], atol=1e-12)
         assert torch.all(together[i, :, len(beams) :].abs() < 1e-20)
 

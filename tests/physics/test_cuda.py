@@ -19,9 +19,18 @@ def _run(device, dtype, solver="eigh", absorption=0.0):
     for tensor in (free.xyz, free.adp, free.occupancy):
         tensor.requires_grad_()
     thickness = torch.tensor([150.0, 600.0], dtype=dtype, device=device, requires_grad=True)
-    pattern = simulate_pattern(crystal, (0.3, -0.2, 1.0), thickness, g_max=1.8, sg_max=0.03,
-                               atoms=model.atoms_from_free(free), dtype=dtype, device=device,
-                               solver=solver, absorption=absorption)  # fmt: skip
+    pattern = simulate_pattern(
+        crystal,
+        (0.3, -0.2, 1.0),
+        thickness,
+        g_max=1.8,
+        sg_max=0.03,
+        atoms=model.atoms_from_free(free),
+        dtype=dtype,
+        device=device,
+        solver=solver,
+        absorption=absorption,
+    )
     weights = torch.linspace(0.5, 1.5, pattern.intensities.numel(), dtype=dtype, device=device)
     (pattern.intensities.reshape(-1) * weights).sum().backward()
     grads = [t.grad.cpu().double().numpy() for t in (free.xyz, free.adp, thickness)]

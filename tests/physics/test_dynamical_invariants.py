@@ -42,8 +42,9 @@ def test_intensities_sum_to_one_without_absorption(name, zone, normal, request):
 
 
 def test_absorption_only_removes_intensity(quartz):
-    pattern = simulate_pattern(quartz, (0.2, 0.1, 1), np.linspace(0, 1000, 6), absorption=0.08,
-                               solver="eig")  # fmt: skip
+    pattern = simulate_pattern(
+        quartz, (0.2, 0.1, 1), np.linspace(0, 1000, 6), absorption=0.08, solver="eig"
+    )
     total = intensities(pattern).sum(1)
     assert total[0] == pytest.approx(1.0, abs=1e-12)
     assert np.all(np.diff(total) < 0)
@@ -76,8 +77,9 @@ def _beam_equivalents(crystal, zone, hkl):
     return pairs
 
 
-@pytest.mark.parametrize(("name", "zone"), [("silicon", (1, 1, 0)), ("quartz", (0, 0, 1)),
-                                            ("silicon", (1, 1, 1))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "zone"), [("silicon", (1, 1, 0)), ("quartz", (0, 0, 1)), ("silicon", (1, 1, 1))]
+)
 def test_symmetry_equivalent_beams_have_equal_intensities(name, zone, request):
     crystal = request.getfixturevalue(name)
     pattern = simulate_pattern(crystal, zone, [100, 400, 1200], g_max=2.0)

@@ -17,8 +17,16 @@ def _intensity_function(crystal, zone, *, g_max, sg_max, solver="eigh", absorpti
 
     def intensities(xyz, adp, occupancy, thickness):
         atoms = model.atoms_from_free(FreeParameters(xyz, adp, occupancy))
-        pattern = simulate_pattern(crystal, zone, thickness, g_max=g_max, sg_max=sg_max,
-                                   atoms=atoms, solver=solver, absorption=absorption)  # fmt: skip
+        pattern = simulate_pattern(
+            crystal,
+            zone,
+            thickness,
+            g_max=g_max,
+            sg_max=sg_max,
+            atoms=atoms,
+            solver=solver,
+            absorption=absorption,
+        )
         return pattern.intensities
 
     return intensities, model.free_parameters(), model
@@ -27,7 +35,12 @@ def _intensity_function(crystal, zone, *, g_max, sg_max, solver="eigh", absorpti
 def _leaves(start, thickness):
     return tuple(
         x.detach().clone().requires_grad_()
-        for x in (start.xyz, start.adp, start.occupancy, torch.as_tensor(thickness, dtype=torch.float64))
+        for x in (
+            start.xyz,
+            start.adp,
+            start.occupancy,
+            torch.as_tensor(thickness, dtype=torch.float64),
+        )
     )
 
 
@@ -76,8 +89,9 @@ def test_quartz_gradients_pass_gradcheck_for_coordinates_anisotropic_adps_and_th
 
 def test_quartz_gradients_with_exact_absorption_pass_gradcheck():
     crystal = read_structure(example_path("quartz"))
-    f, start, _ = _intensity_function(crystal, (0.3, -0.2, 1.0), g_max=1.0, sg_max=0.03,
-                                      solver="eig", absorption=0.05)  # fmt: skip
+    f, start, _ = _intensity_function(
+        crystal, (0.3, -0.2, 1.0), g_max=1.0, sg_max=0.03, solver="eig", absorption=0.05
+    )
     assert torch.autograd.gradcheck(f, _leaves(start, [300.0]), fast_mode=True)
 
 

@@ -23,8 +23,9 @@ def _gemmi_structure_factors(path, model, hkl):
         site.fract = gemmi.Fractional(*position)
     small.change_occupancies_to_crystallographic()
     calculator = gemmi.StructureFactorCalculatorE(small.cell)
-    return np.array([calculator.calculate_sf_from_small_structure(small, [*map(int, h)])
-                     for h in hkl])  # fmt: skip
+    return np.array(
+        [calculator.calculate_sf_from_small_structure(small, [*map(int, h)]) for h in hkl]
+    )
 
 
 def _ours_with_gemmi_form_factors(model, hkl):
@@ -32,15 +33,24 @@ def _ours_with_gemmi_form_factors(model, hkl):
     hkl_t = torch.as_tensor(hkl)
     g = model.g_vectors(hkl_t)
     stol2 = ((torch.linalg.vector_norm(g, dim=-1) / 2) ** 2).numpy()
-    f = torch.as_tensor(np.array([[gemmi.Element(e).c4322.calculate_sf(float(s)) for s in stol2]
-                                  for e in model.elements]))  # fmt: skip
-    site_element = [model.elements.index(model.crystal.atoms[i].element)
-                    for i in model.expansion.atom_index.tolist()]  # fmt: skip
+    f = torch.as_tensor(
+        np.array(
+            [[gemmi.Element(e).c4322.calculate_sf(float(s)) for s in stol2] for e in model.elements]
+        )
+    )
+    site_element = [
+        model.elements.index(model.crystal.atoms[i].element)
+        for i in model.expansion.atom_index.tolist()
+    ]
     atoms = model.atoms_from_free(model.free_parameters())
     return structure_factors(
-        hkl_t, g, model.expansion.positions(atoms.xyz), model.expansion.u_cartesian(atoms.uij),
-        atoms.occupancy[model.expansion.atom_index], f[site_element],
-    ).numpy()  # fmt: skip
+        hkl_t,
+        g,
+        model.expansion.positions(atoms.xyz),
+        model.expansion.u_cartesian(atoms.uij),
+        atoms.occupancy[model.expansion.atom_index],
+        f[site_element],
+    ).numpy()
 
 
 @pytest.mark.parametrize("name", ["quartz", "cspbbr3", "paracetamol"])
@@ -72,8 +82,9 @@ def test_friedel_pairs_are_complex_conjugates(shared_data):
 
 
 def test_centrosymmetric_crystal_has_real_structure_factors(shared_data):
-    model = CrystalModel(read_structure(shared_data / "structures" / "paracetamol.cif"),
-                         voltage=200e3)  # fmt: skip
+    model = CrystalModel(
+        read_structure(shared_data / "structures" / "paracetamol.cif"), voltage=200e3
+    )
     assert model.centrosymmetric_at_origin
     hkl = torch.as_tensor(reciprocal_lattice_points(model.crystal.cell, 1.0))
     f = model.structure_factors(hkl, model.atom_tensors())

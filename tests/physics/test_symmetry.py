@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import gemmi
 import numpy as np
 import pytest
@@ -14,20 +11,9 @@ from blochnet.crystal import Atom, Cell, Crystal, SymOp
 from blochnet.io.cif import read_structure
 from blochnet.physics.lattice import direct_matrix, uij_to_cartesian
 from blochnet.physics.symmetry import UnitCellExpansion, constraint_matrices, site_constraints
+from conftest import shared_data_dir
 
-
-def _data_dir() -> Path:
-    here = Path(__file__).resolve()
-    candidates = [os.environ.get("BLOCHNET_DATA", ""), here.parents[2] / "shared" / "data"]
-    candidates.append(here.parents[3] / "shared" / "data")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return Path("shared/data")
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not available")
+DATA = shared_data_dir()
 SHARED = {
     "quartz": "structures/quartz.cif",
     "cspbbr3": "structures/cspbbr3.cif",
@@ -82,7 +68,6 @@ def _periodic_distances(cell: Cell, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # --- constraints ---------------------------------------------------------------------
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("name", "label", "n_xyz", "n_u", "multiplicity", "symmetry"),
     [
@@ -109,7 +94,6 @@ def test_special_positions_have_the_right_number_of_free_parameters(
     assert constraint.image_ops[0] == 0
 
 
-@needs_data
 def test_quartz_si_has_one_free_coordinate_and_adps_u11_2u12_u13_2u23():
     crystal = _shared("quartz")
     si = site_constraints(crystal)[0]
@@ -167,7 +151,6 @@ def test_u_basis_is_invariant_under_the_site_operators_in_cartesian_coordinates(
             np.testing.assert_allclose(rc @ u @ rc.T, u, atol=1e-12)
 
 
-@needs_data
 def test_constraint_matrices_stack_all_atoms_with_named_parameters():
     crystal = _shared("quartz")
     x0, p_all, q_all, names = constraint_matrices(site_constraints(crystal))
@@ -202,12 +185,7 @@ def _asym(crystal: Crystal, dtype=torch.float64) -> tuple[torch.Tensor, torch.Te
     [("quartz", 9), ("cspbbr3", 20), ("paracetamol", 88), ("glycine", 40), ("diamond", 8)],
 )
 def test_expansion_gives_every_atom_of_the_unit_cell_once(name, n_sites):
-    if name == "diamond":
-        crystal = _diamond()
-    elif DATA.is_dir():
-        crystal = _shared(name)
-    else:
-        pytest.skip("shared data not available")
+    crystal = _diamond() if name == "diamond" else _shared(name)
     expansion = UnitCellExpansion.from_crystal(crystal)
     assert expansion.n_sites == n_sites
     positions = expansion.positions(_asym(crystal)[0]).numpy()

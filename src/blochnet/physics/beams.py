@@ -55,7 +55,6 @@ def zone_axis_direction(cell: Cell, uvw) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
-
 def excitation_errors(g_cart: Tensor, k_vec: Tensor) -> Tensor:
     """s_g = (K² − |K + g|²) / (2|K|) [Å⁻¹].
 

@@ -16,8 +16,9 @@ Three solvers, chosen by value:
     gradient carries the same approximation as the intensities.
 ``"eig"``
     General (non-Hermitian) eigendecomposition of X = A + i A'. Exact for any absorption,
-    about 7× slower than ``"eigh"`` (LAPACK geev against heevd, N = 100–200). Needs X diagonalisable (true in practice; a
-    defective X would show as an ill-conditioned eigenvector matrix).
+    about 7× slower than ``"eigh"`` (LAPACK geev against heevd, N = 100–200). Needs X
+    diagonalisable (true in practice; a defective X would show as an ill-conditioned
+    eigenvector matrix).
 ``"expm"``
     One matrix exponential per thickness, differentiated by PyTorch. Exact, slow (T times
     the cost); a reference for tests.
@@ -112,7 +113,10 @@ class _HermitianPropagation(torch.autograd.Function):
         psi, phase = propagate_intensities(vectors, z, vectors, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, thickness, c)
         ctx.incident = incident
-        ctx.real_input = (not matrix.is_complex(), absorptive is None or not absorptive.is_complex())
+        ctx.real_input = (
+            not matrix.is_complex(),
+            absorptive is None or not absorptive.is_complex(),
+        )
         ctx.has_absorption = absorptive is not None
         return psi.real**2 + psi.imag**2
 
@@ -121,10 +125,23 @@ class _HermitianPropagation(torch.autograd.Function):
         psi, phase, vectors, z, thickness, c = ctx.saved_tensors
         real_matrix = not vectors.is_complex() and not ctx.has_absorption
         grad_x, grad_ct = propagation_backward(
-            grad_intensity, psi, phase, vectors, z, vectors, thickness, c, ctx.incident,
+            grad_intensity,
+            psi,
+            phase,
+            vectors,
+            z,
+            vectors,
+            thickness,
+            c,
+            ctx.incident,
             real_matrix=real_matrix,
-        )  # fmt: skip
-        return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+        )
+        return (
+            *_split_gradient(ctx, grad_x),
+            grad_ct * c[:, None],
+            (grad_ct * thickness).sum(1),
+            None,
+        )
 
 
 class _GeneralPropagation(torch.autograd.Function):
@@ -138,7 +155,10 @@ class _GeneralPropagation(torch.autograd.Function):
         psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)
         ctx.incident = incident
-        ctx.real_input = (not matrix.is_complex(), absorptive is None or not absorptive.is_complex())
+        ctx.real_input = (
+            not matrix.is_complex(),
+            absorptive is None or not absorptive.is_complex(),
+        )
         ctx.has_absorption = absorptive is not None
         return psi.real**2 + psi.imag**2
 
@@ -148,7 +168,12 @@ class _GeneralPropagation(torch.autograd.Function):
         grad_x, grad_ct = propagation_backward(
             grad_intensity, psi, phase, vectors, z, left, thickness, c, ctx.incident
         )
-        return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+        return (
+            *_split_gradient(ctx, grad_x),
+            grad_ct * c[:, None],
+            (grad_ct * thickness).sum(1),
+            None,
+        )
 
 
 def _split_gradient(ctx, grad_x: Tensor) -> tuple[Tensor | None, Tensor | None]:

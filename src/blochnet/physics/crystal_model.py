@@ -72,8 +72,15 @@ class CrystalModel:
     dtype, device : tensor precision and device.
     """
 
-    def __init__(self, crystal: Crystal, *, voltage: float, table: str = "lobato",
-                 dtype: torch.dtype = torch.float64, device=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        crystal: Crystal,
+        *,
+        voltage: float,
+        table: str = "lobato",
+        dtype: torch.dtype = torch.float64,
+        device=None,
+    ) -> None:
         self.crystal = crystal
         self.table = table
         self.dtype = dtype
@@ -84,8 +91,9 @@ class CrystalModel:
         self._site_element = torch.as_tensor(element_of_atom, device=self.device)[
             self.expansion.atom_index
         ]
-        self.reciprocal = torch.as_tensor(reciprocal_matrix(crystal.cell), dtype=dtype,
-                                          device=self.device)  # fmt: skip
+        self.reciprocal = torch.as_tensor(
+            reciprocal_matrix(crystal.cell), dtype=dtype, device=self.device
+        )
         self.prefactor = potential_prefactor(voltage, crystal.cell.volume)
         self.iso_uij = torch.as_tensor(isotropic_uij(crystal.cell), dtype=dtype, device=self.device)
         self.constraints = site_constraints(crystal)
@@ -101,13 +109,13 @@ class CrystalModel:
         for atom, con in zip(self.crystal.atoms, self.constraints, strict=True):
             u_blocks.append(con.u_basis if atom.is_anisotropic else iso)
             self.parameter_names += (
-                [(atom.label, n) for n in con.u_names] if atom.is_anisotropic
+                [(atom.label, n) for n in con.u_names]
+                if atom.is_anisotropic
                 else [(atom.label, "Uiso")]
-            )  # fmt: skip
-        as_t = lambda x: torch.as_tensor(x, dtype=self.dtype, device=self.device)  # noqa: E731
-        self.xyz_origin = as_t(np.concatenate([c.xyz0 for c in self.constraints]))
-        self.xyz_map = as_t(_block_diagonal(x_blocks, 3))
-        self.adp_map = as_t(_block_diagonal(u_blocks, 6))
+            )
+        self.xyz_origin = self._tensor(np.concatenate([c.xyz0 for c in self.constraints]))
+        self.xyz_map = self._tensor(_block_diagonal(x_blocks, 3))
+        self.adp_map = self._tensor(_block_diagonal(u_blocks, 6))
 
     def free_parameters(self) -> FreeParameters:
         """The crystal's own values as free parameters (least squares onto the constraints)."""
@@ -127,12 +135,15 @@ class CrystalModel:
         """The crystal's own parameters as tensors (starting values of a refinement)."""
         atoms = self.crystal.atoms
         uij = [a.uij if a.uij is not None else a.uiso * self.iso_uij.cpu().numpy() for a in atoms]
-        as_t = lambda x: torch.as_tensor(np.asarray(x, dtype=float), dtype=self.dtype,  # noqa: E731
-                                          device=self.device)  # fmt: skip
         return AtomTensors(
-            xyz=as_t([a.xyz for a in atoms]),
-            uij=as_t(uij),
-            occupancy=as_t([a.occupancy for a in atoms]),
+            xyz=self._tensor([a.xyz for a in atoms]),
+            uij=self._tensor(uij),
+            occupancy=self._tensor([a.occupancy for a in atoms]),
+        )
+
+    def _tensor(self, values) -> Tensor:
+        return torch.as_tensor(
+            np.asarray(values, dtype=float), dtype=self.dtype, device=self.device
         )
 
     def g_vectors(self, hkl: Tensor) -> Tensor:

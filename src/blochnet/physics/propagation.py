@@ -134,8 +134,9 @@ def _taylor_coefficients(a_conj: Tensor, phase: Tensor, ct: Tensor) -> Tensor:
     n = torch.arange(1, _TAYLOR_TERMS + 1, device=ct.device)
     ict = 1j * ct.to(phase.dtype)  # (o, t)
     powers = ict[:, :, None] ** n.to(ict.real.dtype)  # (o, t, n)
-    factorials = torch.tensor([math.factorial(k) for k in n.tolist()], dtype=ct.dtype,
-                              device=ct.device)  # fmt: skip
+    factorials = torch.tensor(
+        [math.factorial(k) for k in n.tolist()], dtype=ct.dtype, device=ct.device
+    )
     weighted = a_conj.transpose(1, 2) * phase  # (o, t, i)
     return torch.einsum("otn,oti->oin", powers, weighted) / factorials
 

@@ -45,4 +45,6 @@ def structure_factors(
     phase = 2 * math.pi * (positions @ hkl.T)  # (site, refl)
     gug = torch.einsum("ri,sij,rj->sr", g_cart, u_cartesian, g_cart)
     amplitude = occupancy[:, None] * form_factors * torch.exp(-2 * math.pi**2 * gug)
-    return torch.complex((amplitude * torch.cos(phase)).sum(0), (amplitude * torch.sin(phase)).sum(0))
+    return torch.complex(
+        (amplitude * torch.cos(phase)).sum(0), (amplitude * torch.sin(phase)).sum(0)
+    )
