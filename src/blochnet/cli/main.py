@@ -28,7 +28,7 @@ EXIT_USER_ERROR = 2  # the status click uses for usage errors too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
-_COMMAND_MODULES = ("pattern",)  # modules of blochnet.cli, each with register(app)
+_COMMAND_MODULES = ("pattern", "info")  # modules of blochnet.cli, each with register(app)
 
 
 class _BlochnetGroup(TyperGroup):

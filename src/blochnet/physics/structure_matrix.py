@@ -53,18 +53,26 @@ class BeamBatch:
         for i, beams in enumerate(beam_lists):
             hkl[i, : len(beams)] = beams
             mask[i, : len(beams)] = True
-        diff = hkl[:, :, None, :] - hkl[:, None, :, :]
-        differences, inverse = np.unique(diff.reshape(-1, 3), axis=0, return_inverse=True)
-        return cls(
-            hkl=torch.as_tensor(hkl, device=device),
-            mask=torch.as_tensor(mask, device=device),
-            differences=torch.as_tensor(differences, device=device),
-            difference_index=torch.as_tensor(inverse.reshape(diff.shape[:3]), device=device),
-        )
+        hkl_t = torch.as_tensor(hkl, device=device)
+        mask_t = torch.as_tensor(mask, device=device)
+        differences, index = _difference_table(hkl_t)
+        return cls(hkl=hkl_t, mask=mask_t, differences=differences, difference_index=index)
 
     @property
     def n_beams(self) -> Tensor:
         return self.mask.sum(-1)
+
+
+def _difference_table(hkl: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct g − h over a padded batch (orient, beam, 3) and the index of every pair."""
+    span = int(hkl.abs().max()) * 2 + 1
+    base = 2 * span + 1
+    diff = hkl[:, :, None, :] - hkl[:, None, :, :] + span  # non-negative
+    keys = (diff[..., 0] * base + diff[..., 1]) * base + diff[..., 2]
+    unique, index = torch.unique(keys, return_inverse=True)
+    h, rest = unique // (base * base), unique % (base * base)
+    differences = torch.stack([h, rest // base, rest % base], dim=-1) - span
+    return differences, index
 
 
 def structure_matrix(

@@ -1,0 +1,43 @@
+"""Physics settings of a frame simulation: everything that changes the calculated intensities.
+
+Run-time settings (device, threads, paths) are not here; they are command-line flags.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SelectionRule(BaseModel):
+    """Which observed reflections enter the comparison with the simulation.
+
+    A reflection observed in a frame is compared when its resolution |g| ≤ ``g_max`` and
+    its excitation-error ratio RSg = |s_g| / (|g| Δ) ≤ ``rsg_max``, with s_g at the frame's
+    central orientation and Δ the frame's integration semi-angle (continuous rotation) or
+    precession angle [rad] (JANA2020's RSg, Palatinus et al. 2015, Acta Cryst. A71, 235,
+    doi:10.1107/S2053273315001266). Every excluded observation is counted with its reason.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    g_max: float = Field(1.4, gt=0, description="resolution limit for scoring [Å⁻¹]")
+    rsg_max: float = Field(0.6, gt=0, description="largest |s_g| / (|g| Δ)")
+
+    def describe(self) -> str:
+        return f"|g| ≤ {self.g_max:g} Å⁻¹ and RSg = |s_g|/(|g|·Δ) ≤ {self.rsg_max:g}"
+
+
+class SimulationConfig(BaseModel):
+    """Settings of the Bloch-wave simulation of virtual frames."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    g_max: float = Field(2.0, gt=0, description="largest |g| of a beam in the Bloch matrix [Å⁻¹]")
+    sg_max: float = Field(0.03, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
+    n_tilts: int = Field(7, ge=1, le=200, description="orientations sampled across each frame")
+    absorption: float = Field(0.0, ge=0, description="κ in U'_g = κ U_g")
+    scattering: Literal["lobato", "peng"] = "lobato"
+    solver: Literal["eigh", "eig", "expm"] = "eigh"
+    selection: SelectionRule = Field(default_factory=SelectionRule)
