@@ -68,29 +68,34 @@ LATTICE_CONSTANT_SI = 5.431  # Å
 ENERGY_200KV = 200e3  # eV
 
 #: Right-handed frames (x̂, ŷ, ẑ ∥ zone) of the supported zone axes, as integer directions of
-#: the cubic cell, and the orthogonal supercell used by the multislice route, whose rows are
-#: lattice vectors in units of a along x̂, ŷ, ẑ (Si atoms in it: 8 × |det|).
+#: the cubic cell; the orthogonal supercell used by the multislice route, whose rows are
+#: lattice vectors in units of a along x̂, ŷ, ẑ (Si atoms in it: 8 × |det|); and the number
+#: of equally spaced atomic planes per period along ẑ (the default slices per period, so that
+#: every slice boundary lies on an atomic plane).
 ZONE_FRAMES: dict[tuple[int, int, int], dict[str, np.ndarray]] = {
     (0, 0, 1): {
         "x": np.array([1, 0, 0]),
         "y": np.array([0, 1, 0]),
         "cell": np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+        "layers": 4,
     },
     (1, 1, 0): {
         "x": np.array([-1, 1, 0]),
         "y": np.array([0, 0, 1]),
         "cell": np.array([[-0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]),
+        "layers": 2,
     },
     (1, 1, 1): {
         "x": np.array([1, -1, 0]),
         "y": np.array([1, 1, -2]),
         "cell": np.array([[0.5, -0.5, 0.0], [0.5, 0.5, -1.0], [1.0, 1.0, 1.0]]),
+        "layers": 12,
     },
 }
 
-#: Defaults, from the convergence study (see the module docstring of the benchmark).
-BLOCH_DEFAULTS = {"g_max": 4.0, "sg_max": 0.2}
-MULTISLICE_DEFAULTS = {"sampling": 0.0125, "slices_per_period": 16, "projection": "finite"}
+#: Defaults, from ``benchmarks/abtem_si_convergence.py``.
+BLOCH_DEFAULTS = {"g_max": 5.0, "sg_max": 0.3}
+MULTISLICE_DEFAULTS = {"sampling": 0.025, "projection": "infinite"}
 
 
 class AbtemIntensities(dict):
@@ -108,6 +113,8 @@ class AbtemIntensities(dict):
     excitation_errors : ndarray (beam,) s_g [Å⁻¹] of ``hkl`` (Bloch only, else None).
     total : ndarray (thick,) Σ_g I_g over every beam or spot computed.
     runtime_s : wall-clock seconds of the abTEM calculation.
+    exit_plane_thicknesses, exit_plane_intensities : multislice only, the thicknesses of the
+        exit planes (whole lattice periods) and ``{hkl: intensities there}``.
     """
 
     thicknesses: np.ndarray
@@ -119,6 +126,8 @@ class AbtemIntensities(dict):
     excitation_errors: np.ndarray | None
     total: np.ndarray
     runtime_s: float
+    exit_plane_thicknesses: np.ndarray
+    exit_plane_intensities: dict
 
 
 def zone_frame(zone: Sequence[int]) -> np.ndarray:
@@ -168,16 +177,20 @@ def abtem_silicon_intensities(
     thicknesses : slab thicknesses [Å] along the surface normal.
     energy : electron energy [eV].
     method : ``"bloch"`` (:class:`abtem.bloch.BlochWaves`) or ``"multislice"``.
-    g_max : Bloch: largest |g| [Å⁻¹] of a beam (default 4.0). Multislice: largest |g| of a
+    g_max : Bloch: largest |g| [Å⁻¹] of a beam (default 5.0). Multislice: largest |g| of a
         returned spot (default 3.0; it does not affect the calculation).
-    sg_max : Bloch only: largest |s_g| [Å⁻¹] of a beam (default 0.2).
+    sg_max : Bloch only: largest |s_g| [Å⁻¹] of a beam (default 0.3).
     surface_normal : Bloch only: ``"zone"`` (slab normal ∥ zone axis, default) or
         ``"beam"`` (abTEM's native geometry, normal ∥ beam, t along the beam).
-    sampling : multislice only: lateral sampling [Å] (default 0.0125).
+    sampling : multislice only: lateral sampling [Å] (default 0.025, i.e. spots up to
+        |g| = 1/(3 × sampling) = 13.3 Å⁻¹ inside abTEM's anti-aliasing aperture).
     slices_per_period : multislice only: slices per lattice period along the zone axis
-        (default 16; the [110] period is a/√2 = 3.840 Å).
-    projection : multislice only: abTEM potential projection, ``"finite"`` (default) or
-        ``"infinite"``.
+        (default: one per atomic plane, 2 for [110], whose period is a/√2 = 3.840 Å).
+    projection : multislice only: abTEM potential projection, ``"infinite"`` (default:
+        each atom's projected potential, from the scattering factors, in the slice that
+        contains it; exact Fourier coefficients, so slice boundaries on the atomic planes
+        make the slicing exact) or ``"finite"`` (real-space quadrature; its U_g are
+        0.3–0.9 % larger than the Lobato values here, see the benchmark).
     lattice_constant : cubic cell edge a [Å].
 
     Returns
@@ -186,7 +199,8 @@ def abtem_silicon_intensities(
         ``{(h, k, l): ndarray (thick,)}``. Bloch: every beam of abTEM's beam set (the
         fcc-forbidden reflections are not in it; diamond-forbidden ones such as 002 are).
         Multislice: every zero-order Laue-zone spot with |g| ≤ g_max, intensities
-        interpolated (cubic spline) between exit planes one lattice period apart.
+        interpolated (cubic spline) between exit planes one lattice period apart (the raw
+        values are in ``exit_plane_thicknesses`` and ``exit_plane_intensities``).
     """
     thicknesses = np.atleast_1d(np.asarray(thicknesses, dtype=float))
     if thicknesses.ndim != 1 or np.any(thicknesses < 0):
@@ -211,7 +225,7 @@ def abtem_silicon_intensities(
             "g_max": 3.0 if g_max is None else float(g_max),
             "sampling": MULTISLICE_DEFAULTS["sampling"] if sampling is None else float(sampling),
             "slices_per_period": int(
-                MULTISLICE_DEFAULTS["slices_per_period"]
+                ZONE_FRAMES[tuple(int(v) for v in zone)]["layers"]
                 if slices_per_period is None
                 else slices_per_period
             ),
@@ -367,6 +381,8 @@ def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
     settings["slice_thickness"] = period / n_slices
 
     result = AbtemIntensities()
+    result.exit_plane_thicknesses = planes
+    result.exit_plane_intensities = {}
     hkl_list = []
     g_max = settings["g_max"]
     for i in range(-(nx // 2), (nx + 1) // 2):
@@ -378,8 +394,10 @@ def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
             hkl = np.rint(hkl_float).astype(int)
             if not np.allclose(hkl, hkl_float, atol=1e-6):
                 continue  # projection of a higher-order Laue zone only
-            spline = CubicSpline(planes, spectrum[:, i % nx, j % ny])
-            result[tuple(int(v) for v in hkl)] = spline(thicknesses)
+            key = tuple(int(v) for v in hkl)
+            values = spectrum[:, i % nx, j % ny]
+            result[key] = CubicSpline(planes, values)(thicknesses)
+            result.exit_plane_intensities[key] = values
             hkl_list.append(hkl)
     result.hkl = np.array(hkl_list, dtype=np.int64)
     result.excitation_errors = None

@@ -12,6 +12,7 @@ exits with status 2; Ctrl-C exits with status 130. ``--debug`` shows the traceba
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -28,7 +29,8 @@ EXIT_USER_ERROR = 2  # the status click uses for usage errors too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
-_COMMAND_MODULES = ("pattern", "info")  # modules of blochnet.cli, each with register(app)
+# modules of blochnet.cli, each with register(app)
+_COMMAND_MODULES = ("pattern", "info", "evaluate")
 
 
 class _BlochnetGroup(TyperGroup):
@@ -51,6 +53,15 @@ def _message(error: BaseException) -> str:
     if isinstance(error, FileNotFoundError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or 'file not found'}"
     return str(error) or type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the library, as one yellow line on stderr (no source location)."""
+    console = Console(stderr=True, highlight=False)
+    console.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
+
+
+warnings.showwarning = _show_warning
 
 
 def _print_error(message: str) -> None:

@@ -506,8 +506,8 @@ def check_cell(dataset_cell: Cell, structure_cell: Cell, *, tolerance: float = 0
     length = np.abs(d[:3] / s[:3] - 1)
     angle = np.abs(d[3:] - s[3:])
     shown = (
-        f"data file cell {tuple(round(x, 5) for x in d)}, "
-        f"structure cell {tuple(round(x, 5) for x in s)}"
+        f"data file cell {' '.join(f'{x:g}' for x in d)}, "
+        f"structure cell {' '.join(f'{x:g}' for x in s)}"
     )
     if np.any(length > tolerance) or np.any(angle > 2.0):
         raise ConfigurationError(

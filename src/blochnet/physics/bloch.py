@@ -31,6 +31,8 @@ g leaving the exit surface, for the symmetrised structure matrix of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -89,6 +91,25 @@ def bloch_intensities(
     raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
 
 
+# LAPACK's batched eigensolvers loop over the matrices; threading inside each small
+# matrix gains little and, on a loaded machine, OpenMP barriers can make it 100x slower.
+_SINGLE_THREAD_BELOW = 256
+
+
+@contextmanager
+def _eigensolver_threads(matrix: Tensor) -> Iterator[None]:
+    """Run a CPU eigendecomposition of small matrices on one thread."""
+    if matrix.device.type != "cpu" or matrix.shape[-1] >= _SINGLE_THREAD_BELOW:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _absorption_eigenvalue_shift(vectors: Tensor, absorptive: Tensor) -> Tensor:
     """First-order absorption μ_j = C_jᴴ A' C_j (real for Hermitian A')."""
     av = absorptive.to(_common(vectors, absorptive)) @ vectors.to(_common(vectors, absorptive))
@@ -106,7 +127,8 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 class _HermitianPropagation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix, absorptive, thickness, c, incident):
-        values, vectors = torch.linalg.eigh(matrix)
+        with _eigensolver_threads(matrix):
+            values, vectors = torch.linalg.eigh(matrix)
         z = values.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             z = torch.complex(values, _absorption_eigenvalue_shift(vectors, absorptive))
@@ -150,7 +172,8 @@ class _GeneralPropagation(torch.autograd.Function):
         x = matrix.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             x = x + 1j * absorptive.to(x.dtype)
-        z, vectors = torch.linalg.eig(x)
+        with _eigensolver_threads(x):
+            z, vectors = torch.linalg.eig(x)
         left = torch.linalg.inv(vectors).mH
         psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)

@@ -1,0 +1,131 @@
+"""``blochnet evaluate``: figures of merit of a structure against a 3D-ED data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+_HELP = """Simulate every frame of DATA for STRUCTURE and print R1(obs), R1(all), wR2 and GoF.
+
+With --thickness-scan TMIN TMAX N the frames are simulated at N thicknesses at once (one
+eigendecomposition per orientation serves all of them) and R is printed against thickness,
+overall and as the best thickness per frame. Frame scales are the least-squares optimum at
+each thickness. Which observations are compared is one rule (printed with the results):
+|g| ≤ --score-g-max and RSg = |s_g|/(|g|·Δ) ≤ --rsg-max; every excluded row is counted
+with its reason. "pooled" R values sum over all frames; "frame mean" values average the
+per-frame R.
+"""
+
+
+def evaluate(
+    structure: Annotated[Path, typer.Argument(help="structure CIF", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="3D-ED data (.cif_pets)", show_default=False)],
+    thickness: Annotated[float | None, typer.Option(help="one thickness [Å]")] = None,
+    thickness_scan: Annotated[
+        tuple[float, float, int] | None,
+        typer.Option(help="TMIN TMAX N: scan N thicknesses [Å]", show_default=False),
+    ] = None,
+    n_tilts: Annotated[int, typer.Option(help="orientations sampled across each frame")] = 41,
+    g_max: Annotated[float, typer.Option(help="largest |g| of a beam [Å⁻¹]")] = 2.0,
+    sg_max: Annotated[float, typer.Option(help="largest |s_g| of a beam [Å⁻¹]")] = 0.03,
+    score_g_max: Annotated[float, typer.Option(help="resolution limit for scoring [Å⁻¹]")] = 1.4,
+    rsg_max: Annotated[float, typer.Option(help="largest RSg of a compared reflection")] = 0.6,
+    absorption: Annotated[float, typer.Option(help="κ in U'_g = κ U_g")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 1,
+) -> None:
+    import numpy as np
+    import torch
+
+    from blochnet.errors import ConfigurationError
+    from blochnet.experiment.config import SelectionRule, SimulationConfig
+    from blochnet.experiment.evaluate import evaluate as run
+    from blochnet.experiment.evaluate import structure_in_data_cell
+    from blochnet.experiment.frames import FrameSimulator
+    from blochnet.io.cif import read_structure
+    from blochnet.io.pets import read_pets
+
+    if (thickness is None) == (thickness_scan is None):
+        raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ConfigurationError(f"--device {device}: use cpu, or cuda on a machine with CUDA")
+    grid = [thickness] if thickness is not None else np.linspace(*thickness_scan)
+    config = SimulationConfig(
+        g_max=g_max,
+        sg_max=sg_max,
+        n_tilts=n_tilts,
+        absorption=absorption,
+        selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
+    )
+    dataset = read_pets(data)
+    crystal = structure_in_data_cell(read_structure(structure), dataset)
+    err = Console(stderr=True)
+    simulator = FrameSimulator(crystal, dataset, config, device=device)
+    columns = (
+        TextColumn("simulating frames"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} orientations"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("simulate", total=simulator.n_orientations)
+        result = run(
+            crystal, dataset, grid, simulator=simulator, progress=lambda n: bar.advance(task, n)
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    _print(result, dataset, Console())
+
+
+def _print(result, dataset, console: Console) -> None:
+    counts = result.selection.counts()
+    excluded = ", ".join(f"{n} {reason}" for reason, n in counts.items() if reason != "used")
+    console.print(
+        f"[bold]{dataset.source}[/]: {dataset.n_frames} frames, "
+        f"{len(dataset.reflections)} observations"
+    )
+    console.print(
+        f"compared: {counts['used']} observations ({result.selection.rule}); "
+        f"excluded: {excluded or 'none'}"
+    )
+    if len(result.thickness) > 1:
+        table = Table(title="thickness scan (frame scales optimal at each thickness)")
+        for name in ("t (Å)", "R1(obs) pooled", "R1(obs) frame mean", "wR2", "n obs"):
+            table.add_column(name, justify="right")
+        for j, (t, m) in enumerate(zip(result.thickness, result.merit, strict=True)):
+            mark = " ◀" if j == result.best else ""
+            table.add_row(
+                f"{t:.0f}{mark}",
+                f"{100 * m.r1_obs:.2f} %",
+                f"{100 * m.r1_obs_frame_mean:.2f} %",
+                f"{100 * m.wr2:.2f} %",
+                f"{m.n_obs}",
+            )
+        console.print(table)
+        best = result.frame_best_thickness()
+        best = best[best == best]  # frames with data
+        if len(best):
+            console.print(
+                f"best thickness per frame (lowest frame R1(obs)): median "
+                f"{sorted(best)[len(best) // 2]:.0f} Å, range {best.min():.0f}–"
+                f"{best.max():.0f} Å"
+            )
+    console.print(f"\n[bold]at t = {result.best_thickness:.0f} Å[/] (lowest R1(obs)):")
+    console.print(result.best_merit.summary())
+    console.print(f"{result.n_orientations} orientations in {result.wall_time:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` subcommand to ``app``."""
+    app.command("evaluate", help=_HELP)(evaluate)

@@ -1,0 +1,167 @@
+"""Frame simulation, the reflection-selection rule and thickness scans on real data."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from blochnet.cli.main import app
+from blochnet.experiment.config import SelectionRule, SimulationConfig
+from blochnet.experiment.dataset import FrameTable, ReflectionTable
+from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
+from blochnet.experiment.frames import FrameSimulator, rocking_directions, select_reflections
+from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
+from blochnet.experiment.pattern import simulate_pattern
+from blochnet.io.cif import read_structure
+from blochnet.io.pets import read_pets
+from blochnet.physics.lattice import direct_matrix
+from conftest import shared_data_dir
+
+EXPERIMENTS = shared_data_dir() / "experiments"
+
+
+def _load(name):
+    dataset = read_pets(EXPERIMENTS / name / f"{name}.cif_pets")
+    crystal = read_structure(EXPERIMENTS / name / f"{name}.cif")
+    return structure_in_data_cell(crystal, dataset), dataset
+
+
+def _first_frames(dataset, n):
+    """The data set restricted to its first n frames and their reflections."""
+    keep = np.isin(dataset.reflections.frame_id, dataset.frames.id[:n])
+    frames = FrameTable(
+        **{f.name: getattr(dataset.frames, f.name)[:n] for f in dataclasses.fields(FrameTable)}
+    )
+    refl = ReflectionTable(
+        **{
+            f.name: getattr(dataset.reflections, f.name)[keep]
+            for f in dataclasses.fields(ReflectionTable)
+        }
+    )
+    return dataclasses.replace(dataset, frames=frames, reflections=refl)
+
+
+@pytest.mark.parametrize("name", ["quartz", "glycine"])
+def test_every_reflection_row_is_used_or_excluded_with_a_reason(name):
+    _, dataset = _load(name)
+    selection = select_reflections(dataset, SelectionRule())
+    assert len(selection.used) == len(dataset.reflections)
+    assert np.all(selection.used == (selection.reason == ""))
+    assert sum(selection.counts().values()) == len(dataset.reflections)
+    assert 0 < selection.used.sum() < len(dataset.reflections)
+
+
+def test_selection_rule_follows_its_definition():
+    _, dataset = _load("quartz")
+    rule = SelectionRule(g_max=1.2, rsg_max=0.5)
+    selection = select_reflections(dataset, rule)
+    g = np.linalg.norm(dataset.reflections.hkl @ np.linalg.inv(direct_matrix(dataset.cell)), axis=1)
+    expected = (g <= 1.2) & (selection.rsg <= 0.5)
+    assert np.array_equal(selection.used, expected)
+
+
+def test_continuous_rotation_samples_turn_about_the_goniometer_axis():
+    _, dataset = _load("glycine")
+    n = 6
+    directions = rocking_directions(dataset, n)
+    axis = goniometer_axis_crystal(dataset)
+    centre = beam_directions(dataset)
+    assert np.allclose(np.linalg.norm(directions, axis=-1), 1)
+    # every sample keeps its angle to the axis; the samples span ±semi-angle at midpoints
+    assert np.allclose(
+        np.einsum("fti,fi->ft", directions, axis),
+        np.einsum("fi,fi->f", centre, axis)[:, None],
+        atol=1e-12,
+    )
+    first_last = np.degrees(np.arccos(np.einsum("fi,fi->f", directions[:, 0], directions[:, -1])))
+    sin_axis = np.sqrt(1 - np.einsum("fi,fi->f", centre, axis) ** 2)
+    span = 2 * dataset.frames.semi_angle * (n - 1) / n
+    assert np.allclose(first_last, span * sin_axis, rtol=1e-3)
+
+
+def test_one_sampled_orientation_reproduces_the_single_pattern_calculation():
+    crystal, dataset = _load("quartz")
+    dataset = _first_frames(dataset, 2)
+    config = SimulationConfig(n_tilts=1, g_max=1.6, sg_max=0.05)
+    simulator = FrameSimulator(crystal, dataset, config)
+    t = torch.tensor([[300.0, 700.0]] * 2, dtype=torch.float64)
+    frame_values = simulator.intensities(simulator.model.atom_tensors(), t)
+    uvw = np.linalg.solve(direct_matrix(crystal.cell), beam_directions(dataset)[0])
+    pattern = simulate_pattern(
+        crystal, uvw, [300.0, 700.0], voltage=dataset.voltage, g_max=1.6, sg_max=0.05
+    )
+    index = {tuple(h): i for i, h in enumerate(pattern.hkl)}
+    rows = np.flatnonzero(simulator.frame_of_used == 0)
+    hkl = dataset.reflections.hkl[simulator.used_rows[rows]]
+    expected = pattern.intensities.detach().numpy()[:, [index[tuple(h)] for h in hkl]].T
+    np.testing.assert_allclose(frame_values[rows].detach().numpy(), expected, atol=1e-12)
+
+
+def test_thickness_samples_per_frame_are_independent():
+    crystal, dataset = _load("quartz")
+    dataset = _first_frames(dataset, 3)
+    simulator = FrameSimulator(crystal, dataset, SimulationConfig(n_tilts=3))
+    atoms = simulator.model.atom_tensors()
+    both = simulator.intensities(atoms, torch.tensor([[400.0, 900.0]] * 3, dtype=torch.float64))
+    mixed = simulator.intensities(
+        atoms, torch.tensor([[400.0], [900.0], [400.0]], dtype=torch.float64)
+    )
+    frame = simulator.frame_of_used
+    expected = torch.where(torch.as_tensor(frame == 1), both[:, 1], both[:, 0])
+    assert torch.allclose(mixed[:, 0], expected, atol=1e-14)
+
+
+def test_gradients_flow_from_frame_intensities_to_structure_and_thickness():
+    crystal, dataset = _load("quartz")
+    simulator = FrameSimulator(crystal, _first_frames(dataset, 2), SimulationConfig(n_tilts=2))
+    atoms = simulator.model.atom_tensors()
+    atoms.xyz.requires_grad_()
+    thickness = torch.tensor([[500.0], [520.0]], dtype=torch.float64, requires_grad=True)
+    simulator.intensities(atoms, thickness).sum().backward()
+    assert torch.all(torch.isfinite(atoms.xyz.grad)) and atoms.xyz.grad.abs().sum() > 0
+    assert torch.all(thickness.grad != 0)
+
+
+def test_quartz_thickness_scan_has_an_interior_minimum():
+    crystal, dataset = _load("quartz")
+    result = evaluate(
+        crystal, dataset, np.linspace(200, 1800, 9), config=SimulationConfig(n_tilts=21)
+    )
+    r1 = np.array([m.r1_obs for m in result.merit])
+    assert 0 < result.best < len(r1) - 1
+    assert r1[0] > r1[result.best] + 0.01 and r1[-1] > r1[result.best] + 0.05
+    assert result.best_merit.n_obs > 800
+
+
+def test_evaluate_command_prints_json_with_counts(tmp_path):
+    crystal, dataset = _load("quartz")
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(EXPERIMENTS / "quartz" / "quartz.cif"),
+            str(EXPERIMENTS / "quartz" / "quartz.cif_pets"),
+            "--thickness",
+            "600",
+            "--n-tilts",
+            "3",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    counts = report["selection"]["counts"]
+    assert sum(counts.values()) == len(dataset.reflections)
+    assert report["best"]["n_all"] == counts["used"]
+
+
+def test_evaluate_command_refuses_two_thickness_options():
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "a.cif", "b.cif_pets", "--thickness", "5", "--thickness-scan", "1", "2", "3"],
+    )
+    assert result.exit_code == 2
