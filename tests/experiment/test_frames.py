@@ -165,3 +165,23 @@ def test_evaluate_command_refuses_two_thickness_options():
         ["evaluate", "a.cif", "b.cif_pets", "--thickness", "5", "--thickness-scan", "1", "2", "3"],
     )
     assert result.exit_code == 2
+
+
+def test_orientation_corrections_rotate_the_beam_and_carry_gradients():
+    crystal, dataset = _load("quartz")
+    dataset = _first_frames(dataset, 2)
+    simulator = FrameSimulator(crystal, dataset, SimulationConfig(n_tilts=1, sg_max=0.05))
+    atoms = simulator.model.atom_tensors()
+    t = torch.tensor([[500.0], [500.0]], dtype=torch.float64)
+    zero = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    unrotated = simulator.intensities(atoms, t, rotations=zero)
+    assert torch.equal(unrotated, simulator.intensities(atoms, t))
+    unrotated.sum().backward()
+    assert torch.all(torch.isfinite(zero.grad)) and zero.grad.abs().sum() > 0
+    # a 0.05° turn about the beam itself changes nothing; one about another axis does
+    beam = torch.as_tensor(beam_directions(dataset), dtype=torch.float64)
+    about_beam = simulator.intensities(atoms, t, rotations=np.radians(0.05) * beam)
+    assert torch.allclose(about_beam, unrotated, atol=1e-6)
+    other = torch.cross(beam, torch.tensor([[0.0, 0.0, 1.0]] * 2, dtype=torch.float64), dim=1)
+    tilted = simulator.intensities(atoms, t, rotations=np.radians(0.05) * other)
+    assert (tilted - unrotated).abs().max() > 1e-4

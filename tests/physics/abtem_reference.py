@@ -95,7 +95,7 @@ ZONE_FRAMES: dict[tuple[int, int, int], dict[str, np.ndarray]] = {
 
 #: Defaults, from ``benchmarks/abtem_si_convergence.py``.
 BLOCH_DEFAULTS = {"g_max": 5.0, "sg_max": 0.3}
-MULTISLICE_DEFAULTS = {"sampling": 0.025, "projection": "infinite"}
+MULTISLICE_DEFAULTS = {"sampling": 0.0125, "projection": "infinite"}
 
 
 class AbtemIntensities(dict):
@@ -182,8 +182,8 @@ def abtem_silicon_intensities(
     sg_max : Bloch only: largest |s_g| [Å⁻¹] of a beam (default 0.3).
     surface_normal : Bloch only: ``"zone"`` (slab normal ∥ zone axis, default) or
         ``"beam"`` (abTEM's native geometry, normal ∥ beam, t along the beam).
-    sampling : multislice only: lateral sampling [Å] (default 0.025, i.e. spots up to
-        |g| = 1/(3 × sampling) = 13.3 Å⁻¹ inside abTEM's anti-aliasing aperture).
+    sampling : multislice only: lateral sampling [Å] (default 0.0125: scattering up to
+        |g| = 1/(3 × sampling) = 26.7 Å⁻¹ is kept inside abTEM's anti-aliasing aperture).
     slices_per_period : multislice only: slices per lattice period along the zone axis
         (default: one per atomic plane, 2 for [110], whose period is a/√2 = 3.840 Å).
     projection : multislice only: abTEM potential projection, ``"infinite"`` (default:

@@ -36,7 +36,7 @@ class SimulationConfig(BaseModel):
 
     g_max: float = Field(2.0, gt=0, description="largest |g| of a beam in the Bloch matrix [Å⁻¹]")
     sg_max: float = Field(0.03, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
-    n_tilts: int = Field(7, ge=1, le=200, description="orientations sampled across each frame")
+    n_tilts: int = Field(41, ge=1, le=400, description="orientations sampled across each frame")
     absorption: float = Field(0.0, ge=0, description="κ in U'_g = κ U_g")
     scattering: Literal["lobato", "peng"] = "lobato"
     solver: Literal["eigh", "eig", "expm"] = "eigh"

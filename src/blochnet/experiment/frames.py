@@ -192,13 +192,24 @@ class FrameSimulator:
     def n_orientations(self) -> int:
         return sum(int(g.batch.mask.shape[0]) for g in self.groups)
 
-    def intensities(self, atoms: AtomTensors, thickness: Tensor, *, progress=None) -> Tensor:
+    def intensities(
+        self,
+        atoms: AtomTensors,
+        thickness: Tensor,
+        *,
+        rotations: Tensor | None = None,
+        progress=None,
+    ) -> Tensor:
         """Frame-integrated intensities of the compared observations at each thickness sample.
 
         Parameters
         ----------
         atoms : refinable structure tensors (``self.model.atom_tensors()`` for the file's).
         thickness : Tensor (frame, sample) [Å].
+        rotations : Tensor (frame, 3) small orientation corrections [rad], rotation vectors in
+            the Cartesian crystal frame applied to every beam direction of the frame (the beam
+            sets stay those of the file's orientation, so keep corrections well below the
+            frame's semi-angle).
         progress : optional callable(n_orientations_done) for progress display.
 
         Returns
@@ -216,7 +227,11 @@ class FrameSimulator:
             batch = group.batch
             u = model.potential(batch.differences, atoms)
             g = model.g_vectors(batch.hkl)
-            s = excitation_errors(g, k * group.directions)
+            directions = group.directions
+            if rotations is not None:
+                turn = rotation_matrices(rotations)[group.frame]  # (orient, 3, 3)
+                directions = (turn @ directions[:, :, None])[..., 0]
+            s = excitation_errors(g, k * directions)
             a = structure_matrix(batch, u, s, k)
             a_abs = None
             if kappa > 0:
@@ -231,6 +246,14 @@ class FrameSimulator:
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
         return out / self.config.n_tilts
+
+
+def rotation_matrices(vectors: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) of rotation vectors (..., 3) [rad], differentiably."""
+    zero = torch.zeros_like(vectors[..., 0])
+    x, y, z = vectors.unbind(-1)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1)
+    return torch.linalg.matrix_exp(skew.reshape(*vectors.shape[:-1], 3, 3))
 
 
 def _row_index(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
