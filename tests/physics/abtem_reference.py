@@ -182,8 +182,9 @@ def abtem_silicon_intensities(
     sg_max : Bloch only: largest |s_g| [Å⁻¹] of a beam (default 0.3).
     surface_normal : Bloch only: ``"zone"`` (slab normal ∥ zone axis, default) or
         ``"beam"`` (abTEM's native geometry, normal ∥ beam, t along the beam).
-    sampling : multislice only: lateral sampling [Å] (default 0.0125: scattering up to
-        |g| = 1/(3 × sampling) = 26.7 Å⁻¹ is kept inside abTEM's anti-aliasing aperture).
+    sampling : multislice only: largest lateral sampling [Å] (default 0.0125; scattering up
+        to |g| = 1/(3 × sampling) = 26.7 Å⁻¹ is kept inside abTEM's anti-aliasing aperture).
+        The grid is made slightly finer so that every atom lies on a grid point.
     slices_per_period : multislice only: slices per lattice period along the zone axis
         (default: one per atomic plane, 2 for [110], whose period is a/√2 = 3.840 Å).
     projection : multislice only: abTEM potential projection, ``"infinite"`` (default:
@@ -353,6 +354,14 @@ def _orthogonal_cell(zone, frame, lattice_constant):
     )
 
 
+def _grid_period(fractional: np.ndarray) -> int:
+    """Smallest n ≤ 48 with n × every fractional coordinate an integer (1 if none)."""
+    for n in range(1, 49):
+        if np.allclose(fractional * n, np.rint(fractional * n), atol=1e-6):
+            return n
+    return 1
+
+
 def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
     import abtem
     from scipy.interpolate import CubicSpline
@@ -361,10 +370,17 @@ def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
     lx, ly, period = np.diag(atoms.cell)
     n_slices = settings["slices_per_period"]
     n_periods = int(np.ceil(thicknesses.max() / period)) + 2
+    # Grid points: the sampling rounded down so that every atom sits on a grid point (the
+    # atoms of the cell then alias identically and the pattern keeps its exact symmetry).
+    step = [_grid_period(atoms.get_scaled_positions()[:, i]) for i in (0, 1)]
+    gpts = tuple(
+        int(math.ceil(length / settings["sampling"] / n)) * n
+        for length, n in zip((lx, ly), step, strict=True)
+    )
     with _abtem_config():
         unit = abtem.Potential(
             atoms,
-            sampling=settings["sampling"],
+            gpts=gpts,
             slice_thickness=period / n_slices,
             parametrization="lobato",
             projection=settings["projection"],
@@ -378,6 +394,7 @@ def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
     spectrum /= spectrum[0].sum()  # the incident plane wave carries intensity 1
     planes = np.arange(waves.shape[0]) * period
     settings["gpts"] = (nx, ny)
+    settings["actual_sampling"] = (lx / nx, ly / ny)
     settings["slice_thickness"] = period / n_slices
 
     result = AbtemIntensities()

@@ -79,7 +79,7 @@ class GeneratedGeometry(BaseModel):
     @field_validator("orientation")
     @classmethod
     def _proper(cls, value):
-        u = np.asarray(value if value != "random" else np.eye(3), dtype=float)
+        u = np.eye(3) if isinstance(value, str) else np.asarray(value, dtype=float)
         if np.abs(u.T @ u - np.eye(3)).max() > 1e-3 or np.linalg.det(u) < 0:
             raise ValueError(f"U must be a rotation matrix (UᵀU = I, det +1), got {value}")
         return value
@@ -179,7 +179,7 @@ class SampledThickness(BaseModel):
     @field_validator("thickness", "weights")
     @classmethod
     def _rectangular(cls, value):
-        if value is not None and (not value or len({len(row) for row in value} | {0}) != 2):
+        if value is not None and len({len(row) for row in value} | {0}) != 2:  # {n, 0}, n > 0
             raise ValueError("need the same number (≥ 1) of samples in every frame")
         return value
 
@@ -273,24 +273,12 @@ def simulate_experiment(
     frames = {"id": dataset.frames.id, "alpha": dataset.frames.alpha, "scale": scales}
     frames |= {"thickness_mean": mean, "thickness_std": std}
     frames |= {"thickness_samples": samples, "thickness_weights": weights}
-    truth = {
-        "format": "blochnet synthetic experiment 1",
-        "structure": dataclasses.asdict(crystal),
-        "geometry": geometry,
-        "voltage": dataset.voltage / 1e3,
-        "wavelength": dataset.wavelength,
-        "ub": dataset.ub,
-        "n_frames": dataset.n_frames,
-        "n_rows": len(dataset.reflections),
-        "thickness_model": thickness,
-        "frames": frames,
-        "dose": noise.dose,
-        "background": noise.background,
-        "noise": noise,
-        "seed": seed,
-        "config": config,
-        "warnings": warnings,
-    }
+    truth = {"format": "blochnet synthetic experiment 1", "structure": dataclasses.asdict(crystal)}
+    truth |= {"geometry": geometry, "voltage": dataset.voltage / 1e3, "ub": dataset.ub}
+    truth |= {"wavelength": dataset.wavelength, "n_frames": dataset.n_frames}
+    truth |= {"n_rows": len(dataset.reflections), "thickness_model": thickness, "frames": frames}
+    truth |= {"dose": noise.dose, "background": noise.background, "noise": noise, "seed": seed}
+    truth |= {"config": config, "warnings": warnings}
     return dataset, _plain(truth)
 
 
@@ -383,7 +371,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def _generated_dataset(crystal: Crystal, geo: GeneratedGeometry, rng) -> Dataset:
     cell, b = crystal.cell, reciprocal_matrix(crystal.cell)
-    if geo.orientation == "random":
+    if isinstance(geo.orientation, str):
         u = _random_rotation(rng)
     else:
         left, _, right = np.linalg.svd(np.asarray(geo.orientation, dtype=float))

@@ -1,0 +1,258 @@
+"""Write a (refined) crystal structure as a CIF file.
+
+The file holds one data block with the cell, the space group and its operators, the
+asymmetric unit and, optionally, refinement statistics; Olex2, Mercury, PLATON, gemmi
+and :func:`blochnet.io.cif.read_structure` read it. Numbers with a standard
+uncertainty are written in parenthesis notation, ``0.47126(12)``; parameters fixed by
+site symmetry are written as their exact special value without an s.u.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import tempfile
+from fractions import Fraction
+from importlib import metadata
+from os import PathLike
+from pathlib import Path
+
+import gemmi
+import numpy as np
+from gemmi import cif
+
+from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, SymOp
+from blochnet.physics.symmetry import SiteConstraint, site_constraints
+
+__all__ = ["format_su", "write_structure"]
+
+_EXTRA_DECIMALS = 3  # a plain value gets up to this many more decimals to stay exact
+_SITE_COLUMNS = tuple(
+    "label type_symbol fract_x fract_y fract_z U_iso_or_equiv adp_type occupancy "
+    "site_symmetry_order".split()
+)
+_REFINEMENT = {  # key of ``refinement`` -> (CIF tag, format)
+    "r_obs": ("_refine_ls_R_factor_gt", "{:.4f}"),
+    "r_all": ("_refine_ls_R_factor_all", "{:.4f}"),
+    "wr2": ("_refine_ls_wR_factor_ref", "{:.4f}"),
+    "gof": ("_refine_ls_goodness_of_fit_ref", "{:.3f}"),
+    "n_reflections": ("_refine_ls_number_reflns", "{:d}"),
+    "n_parameters": ("_refine_ls_number_parameters", "{:d}"),
+    "n_obs": ("_reflns_number_gt", "{:d}"),
+    "max_shift_su": ("_refine_ls_shift/su_max", "{:.3f}"),
+    "wavelength": ("_diffrn_radiation_wavelength", "{:.6f}"),
+}
+
+
+def format_su(value: float, su: float | None, decimals: int = 6) -> str:
+    """A number in CIF parenthesis notation, rounded to its standard uncertainty.
+
+    The s.u. keeps one significant digit, or two when its first digit is 1, and the
+    value is rounded to the same decimal place: ``format_su(0.471256, 0.000123)`` gives
+    ``"0.47126(12)"``, ``format_su(0.00957, 0.00031)`` gives ``"0.0096(3)"``.
+
+    Parameters
+    ----------
+    value : the number.
+    su : its standard uncertainty; None or 0 for a fixed or unrefined value.
+    decimals : decimals of a value without s.u. Up to three more are written when they
+        reproduce the value exactly (a value that came from a file with more digits).
+    """
+    if su is None or su == 0 or not math.isfinite(su):
+        return _plain(value, decimals)
+    if su < 0:
+        raise ValueError(f"negative standard uncertainty {su} for value {value}")
+    places = 1 - math.floor(math.log10(su))  # two significant digits
+    digits = math.floor(su * 10.0**places + 0.5)
+    if digits >= 20:  # first digit 2-9: one significant digit
+        places -= 1
+        digits = math.floor(su * 10.0**places + 0.5)
+    if places >= 0:
+        return f"{_plain(value, places, extra=0)}({digits})"
+    scale = 10.0**-places  # s.u. of 10 or more: round the value to tens, hundreds, ...
+    return f"{round(value / scale) * scale:.0f}({digits * scale:.0f})"
+
+
+def write_structure(
+    crystal: Crystal,
+    path: str | PathLike[str],
+    *,
+    block_name: str | None = None,
+    refinement: dict | None = None,
+) -> Path:
+    """Write ``crystal`` to a CIF file, atomically.
+
+    Parameters
+    ----------
+    crystal : the structure; s.u. are taken from ``cell.su`` and each ``atom.su``.
+    path : file to write (replaced if it exists). The text goes to a temporary file in
+        the same folder first, which then replaces ``path``: an error leaves either the
+        old file or none, never a partial one.
+    block_name : name of the data block; default the crystal's block or the file stem.
+        Characters that CIF does not allow in a block name become ``_``.
+    refinement : optional statistics, any subset of ``r_obs``, ``r_all``, ``wr2``
+        (fractions, not percent), ``gof``, ``n_reflections``, ``n_parameters``,
+        ``n_obs``, ``max_shift_su``, ``wavelength`` [Å] and ``details`` (free text for
+        ``_refine_special_details``: reflection selection, thickness model, ...).
+
+    Returns
+    -------
+    The path written.
+    """
+    path = Path(path)
+    unknown = set(refinement or {}) - set(_REFINEMENT) - {"details"}
+    if unknown:
+        known = ", ".join([*_REFINEMENT, "details"])
+        raise ValueError(f"unknown refinement keys {sorted(unknown)}; expected some of {known}")
+    name = block_name or crystal.block or path.stem
+    lines = [f"data_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:70] or 'blochnet'}", ""]
+    lines += [f"_audit_creation_method {cif.quote(f'blochnet {_version()}')}", ""]
+    lines += _cell_lines(crystal.cell)
+    lines += _symmetry_lines(crystal)
+    if refinement is not None:
+        lines += _refinement_lines(refinement)
+    lines += _atom_lines(crystal, site_constraints(crystal))
+    _write_atomically(path, "\n".join(lines) + "\n")
+    return path
+
+
+# --- sections ------------------------------------------------------------------------
+
+
+def _cell_lines(cell: Cell) -> list[str]:
+    lines = []
+    for name, value in zip(CELL_NAMES, cell.parameters, strict=True):
+        kind = "length" if len(name) == 1 else "angle"
+        lines.append(f"_cell_{kind}_{name:<6} {format_su(value, cell.su.get(name), 4)}")
+    volume, volume_su = _volume(cell)
+    return [*lines, f"_cell_volume {format_su(volume, volume_su, 4)}", ""]
+
+
+def _volume(cell: Cell) -> tuple[float, float | None]:
+    """Cell volume [Å^3] and its s.u. from uncorrelated cell s.u. (None without any)."""
+    if not cell.su:
+        return cell.volume, None
+    cosines = np.cos(np.radians(cell.parameters[3:]))
+    root = cell.volume / (cell.a * cell.b * cell.c)  # sqrt(1 - Σcos² + 2 Π cos)
+    gradient = [cell.volume / length for length in cell.parameters[:3]]
+    for i in range(3):  # dV/dα = abc sin α (cos α - cos β cos γ) / root, per degree
+        j, k = [m for m in range(3) if m != i]
+        sine = np.sin(np.radians(cell.parameters[3 + i]))
+        partial = cosines[i] - cosines[j] * cosines[k]
+        gradient.append(cell.volume / root**2 * sine * partial * np.pi / 180)
+    sigma = [cell.su.get(name, 0.0) for name in CELL_NAMES]
+    return cell.volume, float(np.sqrt(np.sum((np.array(gradient) * sigma) ** 2)))
+
+
+def _symmetry_lines(crystal: Crystal) -> list[str]:
+    group = gemmi.GroupOps([gemmi.Op(_triplet(op)) for op in crystal.operators])
+    spacegroup = gemmi.find_spacegroup_by_ops(group)
+    name = crystal.spacegroup or (spacegroup.xhm() if spacegroup else "?")
+    lines = [f"_space_group_name_H-M_alt {cif.quote(name)}"]
+    if spacegroup is not None:
+        lines.append(f"_space_group_name_Hall {cif.quote(spacegroup.hall)}")
+        lines.append(f"_space_group_IT_number {spacegroup.number}")
+    lines += ["", "loop_", "_space_group_symop_id", "_space_group_symop_operation_xyz"]
+    lines += [f"{i} {cif.quote(_triplet(op))}" for i, op in enumerate(crystal.operators, 1)]
+    return [*lines, ""]
+
+
+def _triplet(op: SymOp) -> str:
+    if op.xyz:
+        return op.xyz.replace(" ", "")
+    matrix, den = gemmi.Op(), gemmi.Op.DEN
+    matrix.rot = (np.rint(op.rotation) * den).astype(int).tolist()
+    matrix.tran = (np.rint(np.asarray(op.translation) * den).astype(int) % den).tolist()
+    return matrix.triplet()
+
+
+def _refinement_lines(refinement: dict) -> list[str]:
+    lines = ["_diffrn_radiation_type electron"]
+    for key, (tag, style) in _REFINEMENT.items():
+        if (value := refinement.get(key)) is not None:
+            lines.append(f"{tag} {style.format(int(value) if 'd' in style else float(value))}")
+    details = refinement.get("details")
+    if details:
+        text = re.sub(r"^;", " ;", details.rstrip("\n"), flags=re.MULTILINE)  # not a delimiter
+        lines += ["_refine_special_details", ";", text, ";"]
+    return [*lines, ""]
+
+
+def _atom_lines(crystal: Crystal, constraints: list[SiteConstraint]) -> list[str]:
+    lines = ["loop_", *(f"_atom_site_{column}" for column in _SITE_COLUMNS)]
+    pairs = list(zip(crystal.atoms, constraints, strict=True))
+    lines += [_site_row(atom, constraint) for atom, constraint in pairs]
+    aniso = [_aniso_row(atom, constraint) for atom, constraint in pairs if atom.uij is not None]
+    if aniso:
+        lines += ["", "loop_", "_atom_site_aniso_label"]
+        lines += [f"_atom_site_aniso_U_{name[1:]}" for name in UIJ_NAMES] + aniso
+    return lines
+
+
+def _site_row(atom: Atom, constraint: SiteConstraint) -> str:
+    xyz = [  # a coordinate fixed by symmetry is written as its exact special value
+        _plain(_snap(special), 6) if _fixed(row) else format_su(value, atom.su.get(axis))
+        for axis, value, row, special in zip(
+            "xyz", atom.xyz, constraint.xyz_basis, constraint.xyz0, strict=True
+        )
+    ]
+    fields = [cif.quote(atom.label), cif.quote(atom.element), *xyz]
+    fields.append(format_su(atom.uiso, atom.su.get("uiso"), 5))
+    fields.append("Uani" if atom.is_anisotropic else "Uiso")
+    fields += [format_su(atom.occupancy, atom.su.get("occ"), 4), str(constraint.order)]
+    return " ".join(fields)
+
+
+def _aniso_row(atom: Atom, constraint: SiteConstraint) -> str:
+    fields = [cif.quote(atom.label)]
+    for name, value, row in zip(UIJ_NAMES, atom.uij, constraint.u_basis, strict=True):
+        fields.append(_plain(0.0, 5) if _fixed(row) else format_su(value, atom.su.get(name), 5))
+    return " ".join(fields)
+
+
+def _fixed(row: np.ndarray) -> bool:
+    """True for a component that site symmetry fixes (its row of the basis is zero)."""
+    return not np.any(np.abs(row) > 1e-9)
+
+
+# --- numbers and files ---------------------------------------------------------------
+
+
+def _plain(value: float, decimals: int, *, extra: int = _EXTRA_DECIMALS) -> str:
+    """``value`` with ``decimals`` decimals, or up to ``extra`` more if that makes it exact."""
+    exact = (p for p in range(decimals, decimals + extra + 1) if round(value, p) == value)
+    places = next(exact, decimals)
+    text = f"{value:.{places}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _snap(value: float) -> float:
+    """A coordinate fixed by symmetry, as the exact fraction it approximates."""
+    fraction = Fraction(float(value)).limit_denominator(48)
+    return float(fraction) if abs(float(fraction) - value) < 1e-3 else float(value)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("blochnet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, mode)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,169 @@
+"""The optimisation loop: Adam with one learning rate per parameter group, made safe.
+
+* A NaN or inf in the loss or in any gradient stops the step; the offending parameter
+  groups (and frames, for per-frame parameters) are named, and the last good state is kept.
+* A checkpoint (parameters, optimiser state, history) is written atomically every
+  ``checkpoint_every`` epochs; ``resume=True`` continues from it to the same result.
+* Convergence is judged on the objective: the run stops when the relative drop of the
+  loss over ``patience`` epochs is below ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from blochnet.errors import BlochnetError
+
+
+class RefinementError(BlochnetError):
+    """The refinement cannot go on (non-finite values); the last good state was kept."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    wr2: float
+    seconds: float
+
+
+def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
+    """Adam parameter groups named by the first component of each parameter's name.
+
+    ``structure.xyz_shift`` → "xyz", ``structure.adp_shift`` → "adp", ``structure.occ_shift``
+    → "occupancy", ``orientation`` → "orientation", anything under ``thickness`` →
+    "thickness". A group with learning rate 0 is fixed.
+    """
+    key_of = {
+        "structure.xyz_shift": "xyz",
+        "structure.adp_shift": "adp",
+        "structure.occ_shift": "occupancy",
+        "orientation": "orientation",
+    }
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in objective.named_parameters():
+        key = key_of.get(name, name.split(".")[0])
+        groups.setdefault(key, []).append((name, param))
+    out = []
+    for key, named in groups.items():
+        lr = learning_rates.get(key, 0.0)
+        for _, param in named:
+            param.requires_grad_(lr > 0)
+        if lr > 0 and any(p.numel() for _, p in named):
+            out.append(
+                {
+                    "params": [p for _, p in named],
+                    "lr": lr,
+                    "name": key,
+                    "names": [n for n, _ in named],
+                }
+            )
+    return out
+
+
+def optimise_adam(
+    objective: nn.Module,
+    *,
+    epochs: int,
+    learning_rates: dict[str, float],
+    sum_w_io2: float,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 5,
+    resume: bool = False,
+    tolerance: float = 1e-5,
+    patience: int = 10,
+    after_step: Callable[[], None] | None = None,
+    report: Callable[[EpochRecord], None] | None = None,
+) -> list[EpochRecord]:
+    """Minimise ``objective()`` with Adam; returns the per-epoch history.
+
+    ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history. ``after_step`` runs
+    after every step (e.g. projections such as positive-definite ADPs).
+    """
+    groups = parameter_groups(objective, learning_rates)
+    if not groups:
+        raise RefinementError("nothing to refine: every parameter group is fixed")
+    optimiser = torch.optim.Adam(groups)
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        objective.load_state_dict(state["objective"])
+        optimiser.load_state_dict(state["optimiser"])
+        history = [EpochRecord(**h) for h in state["history"]]
+        start_epoch = len(history)
+    good = copy.deepcopy(objective.state_dict())
+    for epoch in range(start_epoch, epochs):
+        tick = time.perf_counter()
+        optimiser.zero_grad()
+        loss = objective()
+        _check_finite(objective, loss, good)
+        loss.backward()
+        _check_finite(objective, loss, good, gradients=True)
+        good = copy.deepcopy(objective.state_dict())
+        optimiser.step()
+        if after_step is not None:
+            after_step()
+        record = EpochRecord(
+            epoch + 1, float(loss), math.sqrt(float(loss) / sum_w_io2), time.perf_counter() - tick
+        )
+        history.append(record)
+        if report is not None:
+            report(record)
+        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+            save_checkpoint(checkpoint, objective, optimiser, history)
+        if _converged(history, tolerance, patience):
+            break
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, objective, optimiser, history)
+    return history
+
+
+def save_checkpoint(path: Path, objective: nn.Module, optimiser, history) -> None:
+    """Write parameters, optimiser state and history atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "objective": objective.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "history": [asdict(h) for h in history],
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _converged(history: list[EpochRecord], tolerance: float, patience: int) -> bool:
+    if len(history) <= patience:
+        return False
+    before, now = history[-patience - 1].loss, min(h.loss for h in history[-patience:])
+    return (before - now) <= tolerance * before
+
+
+def _check_finite(objective: nn.Module, loss, good: dict, *, gradients: bool = False) -> None:
+    bad = []
+    if not gradients and not torch.isfinite(loss):
+        bad.append("the objective")
+    if gradients:
+        for name, param in objective.named_parameters():
+            if param.grad is not None and not torch.all(torch.isfinite(param.grad)):
+                rows = ""
+                if name == "orientation":
+                    frames = torch.nonzero(~torch.isfinite(param.grad).all(1))[:, 0].tolist()
+                    ids = objective.simulator.dataset.frames.id[frames].tolist()
+                    rows = f" (frames {ids})"
+                bad.append(f"gradient of {name}{rows}")
+    if bad:
+        objective.load_state_dict(good)
+        raise RefinementError(
+            f"non-finite values in {', '.join(bad)}; stopped and kept the last good parameters"
+        )

@@ -1,0 +1,105 @@
+"""The refinement objective: weighted least squares on intensities, frame scales eliminated.
+
+Notes
+-----
+L = Σ_i w_i (Io_i − k_f(i) Ic_i)², w = 1/σ², over the compared observations of the fit
+set, with Ic the frame-integrated intensity averaged over the thickness model's samples
+and k_f the closed-form least-squares scale of frame f (:func:`optimal_scales`), which is
+differentiated through. wR2 = sqrt(L / Σ w Io²). Observations held out for validation (an
+R-free analogue) are simulated with the same parameters and scored with scales fitted on
+the fit set only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from blochnet.experiment.frames import FrameSimulator
+from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
+from blochnet.refine.parameters import StructureParameters
+
+
+class Objective(nn.Module):
+    """Structure, thickness model and frame orientations of one data set, and its loss.
+
+    Parameters
+    ----------
+    simulator : frame simulator of the data set (its selection rule fixes the observations).
+    structure : refinable structure parameters (shared between data sets).
+    thickness : a thickness model returning (samples, weights), each (frame, sample).
+    refine_orientation : add a refinable rotation vector per frame [rad].
+    holdout : (used,) bool, observations kept out of the fit (validation), or None.
+    """
+
+    def __init__(
+        self,
+        simulator: FrameSimulator,
+        structure: StructureParameters,
+        thickness: nn.Module,
+        *,
+        refine_orientation: bool = True,
+        holdout: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.simulator = simulator
+        self.structure = structure
+        self.thickness = thickness
+        model, ds, rows = simulator.model, simulator.dataset, simulator.used_rows
+        as_t = lambda x: torch.as_tensor(x, dtype=model.dtype, device=model.device)  # noqa: E731
+        self.register_buffer("i_obs", as_t(ds.reflections.intensity[rows]))
+        self.register_buffer("sigma", as_t(ds.reflections.sigma[rows]))
+        self.register_buffer("frame", torch.as_tensor(simulator.frame_of_used, device=model.device))
+        fit = np.ones(len(rows), bool) if holdout is None else ~np.asarray(holdout, bool)
+        self.register_buffer("fit", torch.as_tensor(fit, device=model.device))
+        n_frames = ds.n_frames
+        self.orientation = (
+            nn.Parameter(torch.zeros(n_frames, 3, dtype=model.dtype, device=model.device))
+            if refine_orientation
+            else None
+        )
+
+    @property
+    def n_frames(self) -> int:
+        return self.simulator.dataset.n_frames
+
+    def calculated(self) -> tuple[Tensor, Tensor]:
+        """Unscaled Ic (used,) and the fit-set scales (frame,)."""
+        samples, weights = self.thickness()
+        per_sample = self.simulator.intensities(
+            self.structure.atoms(), samples, rotations=self.orientation
+        )
+        ic = (per_sample * weights[self.frame]).sum(1)
+        fit = self.fit
+        scales = optimal_scales(
+            self.i_obs[fit], self.sigma[fit], ic[fit], self.frame[fit], self.n_frames
+        )
+        return ic, scales
+
+    def forward(self) -> Tensor:
+        """Σ w (Io − k Ic)² over the fit set."""
+        ic, scales = self.calculated()
+        r = (self.i_obs - scales[self.frame] * ic) / self.sigma
+        return (r[self.fit] ** 2).sum()
+
+    def residuals(self) -> Tensor:
+        """(fit,) weighted residuals (Io − k Ic)/σ of the fit set."""
+        ic, scales = self.calculated()
+        return ((self.i_obs - scales[self.frame] * ic) / self.sigma)[self.fit]
+
+    def figures_of_merit(self, *, n_parameters: int = 0, subset: str = "fit") -> FiguresOfMerit:
+        """R values of the fit set (``"fit"``), the held-out set (``"free"``) or ``"all"``."""
+        with torch.no_grad():
+            ic, scales = self.calculated()
+        keep = {"fit": self.fit, "free": ~self.fit, "all": torch.ones_like(self.fit)}[subset]
+        frame = self.frame[keep]
+        return figures_of_merit(
+            self.i_obs[keep],
+            self.sigma[keep],
+            (scales[frame] * ic[keep]),
+            frame,
+            self.simulator.dataset.frames.id,
+            n_parameters=n_parameters,
+            scales=scales,
+        )

@@ -1,0 +1,142 @@
+"""Refinable structure parameters on top of the site-symmetry maps.
+
+Only the selected free parameters are refined: each group (coordinates, ADPs, occupancies)
+is the crystal's starting vector plus a refinable shift on a chosen subset, so the
+refined vector is exactly the set of independent parameters whose s.u. are reported.
+Selections name atoms by label (``None`` = every atom, ``()`` = none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from torch import Tensor, nn
+
+from blochnet.errors import ConfigurationError
+from blochnet.physics.crystal_model import AtomTensors, CrystalModel, FreeParameters
+from blochnet.physics.lattice import cartesian_to_uij, uij_to_cartesian
+
+
+class StructureParameters(nn.Module):
+    """Refinable shifts of the free coordinates, ADPs and occupancies of a crystal.
+
+    Parameters
+    ----------
+    model : the crystal model (its site-symmetry maps define the free parameters).
+    xyz, adp, occupancy : labels of the atoms whose coordinates / ADPs / occupancies are
+        refined; ``None`` means every atom, an empty collection none.
+    """
+
+    def __init__(
+        self,
+        model: CrystalModel,
+        *,
+        xyz: Collection[str] | None = None,
+        adp: Collection[str] | None = None,
+        occupancy: Collection[str] | None = (),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        start = model.free_parameters()
+        labels = [a.label for a in model.crystal.atoms]
+        for chosen in (xyz, adp, occupancy):
+            unknown = set(chosen or ()) - set(labels)
+            if unknown:
+                raise ConfigurationError(f"no atom labelled {sorted(unknown)}; atoms: {labels}")
+        n_xyz = len(start.xyz)
+        owners = [label for label, _ in model.parameter_names]
+        names = [name for _, name in model.parameter_names]
+        xyz_index = [i for i in range(n_xyz) if xyz is None or owners[i] in xyz]
+        adp_index = [
+            i - n_xyz for i in range(n_xyz, len(owners)) if adp is None or owners[i] in adp
+        ]
+        occ_index = [i for i, label in enumerate(labels) if occupancy is None or label in occupancy]
+        self.names = (
+            [(owners[i], names[i]) for i in xyz_index]
+            + [(owners[n_xyz + i], names[n_xyz + i]) for i in adp_index]
+            + [(labels[i], "occ") for i in occ_index]
+        )
+        for name, value in (
+            ("xyz_start", start.xyz),
+            ("adp_start", start.adp),
+            ("occ_start", start.occupancy),
+        ):
+            self.register_buffer(name, value.detach().clone())
+        for name, index in (
+            ("xyz_index", xyz_index),
+            ("adp_index", adp_index),
+            ("occ_index", occ_index),
+        ):
+            self.register_buffer(
+                name, torch.as_tensor(index, dtype=torch.long, device=model.device)
+            )
+        zeros = lambda n: nn.Parameter(torch.zeros(n, dtype=model.dtype, device=model.device))  # noqa: E731
+        self.xyz_shift = zeros(len(xyz_index))
+        self.adp_shift = zeros(len(adp_index))
+        self.occ_shift = zeros(len(occ_index))
+
+    def free(self) -> FreeParameters:
+        """All free parameters, refined ones shifted."""
+        return FreeParameters(
+            xyz=self.xyz_start.index_add(0, self.xyz_index, self.xyz_shift),
+            adp=self.adp_start.index_add(0, self.adp_index, self.adp_shift),
+            occupancy=self.occ_start.index_add(0, self.occ_index, self.occ_shift),
+        )
+
+    def atoms(self) -> AtomTensors:
+        """Asymmetric-unit tensors for the forward model."""
+        return self.model.atoms_from_free(self.free())
+
+    def vector(self) -> Tensor:
+        """The refined parameters as one vector (order of :attr:`names`)."""
+        return torch.cat(
+            [
+                self.xyz_start[self.xyz_index] + self.xyz_shift,
+                self.adp_start[self.adp_index] + self.adp_shift,
+                self.occ_start[self.occ_index] + self.occ_shift,
+            ]
+        )
+
+    def keep_adps_positive_definite(self, minimum: float = 1e-5) -> bool:
+        """Project every atom's U onto eigenvalues ≥ ``minimum`` [Å²]; True if anything moved."""
+        with torch.no_grad():
+            cell = self.model.crystal.cell
+            u_cart = uij_to_cartesian(cell, self.atoms().uij)  # (atom, 3, 3)
+            vals, vecs = torch.linalg.eigh(u_cart)
+            if bool(vals.min() >= minimum):
+                return False
+            fixed = vecs @ torch.diag_embed(vals.clamp(min=minimum)) @ vecs.mT
+            uij = torch.as_tensor(
+                cartesian_to_uij(cell, fixed.cpu().numpy()),
+                dtype=self.model.dtype,
+                device=self.model.device,
+            )
+            target = torch.linalg.lstsq(self.model.adp_map, uij.reshape(-1, 1)).solution[:, 0]
+            self.adp_shift.copy_((target - self.adp_start)[self.adp_index])
+            return True
+
+
+def atom_selection(text: str | None, labels: list[str]) -> set[str] | None:
+    """Parse a selection such as ``"all"``, ``"none"``, ``"O1 Si1"`` or ``"all -H"``.
+
+    ``-X`` removes atoms of element X or the atom labelled X.
+    """
+    if text is None or text.strip() == "all":
+        return None
+    words = text.replace(",", " ").split()
+    if words == ["none"]:
+        return set()
+    chosen = set(labels) if words[0] == "all" else set()
+    for word in words[1:] if words[0] == "all" else words:
+        target = word.lstrip("-")
+        matching = {label for label in labels if label == target or _element(label) == target}
+        if not matching:
+            raise ConfigurationError(f"selection {text!r}: no atom or element {target!r}")
+        chosen = chosen - matching if word.startswith("-") else chosen | matching
+    return chosen
+
+
+def _element(label: str) -> str:
+    letters = "".join(ch for ch in label if ch.isalpha())
+    return letters[:2] if len(letters) > 1 and letters[1].islower() else letters[:1]
