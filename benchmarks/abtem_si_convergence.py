@@ -177,7 +177,7 @@ def multislice_study(full: bool) -> dict:
     out = {}
     for label, tilt in (("on axis [110]", (0.0, 0.0)), ("3° about [001]", TILT_3DEG)):
         ref = abtem_silicon_intensities(ZONE, tilt, THICKNESSES, method="multislice",
-                                        sampling=reference)  # fmt: skip
+                                        sampling=reference, g_max=30.0)  # fmt: skip
         print(f"\n{label}: reference sampling {reference} Å, gpts {ref.settings['gpts']}, "
               f"{ref.runtime_s:.1f} s; total − 1 = {fmt(ref.total - 1)}")  # fmt: skip
         print(f"{'sampling':>9} {'slices':>6} {'proj':>8} {'time/s':>7}   max |ΔI| per thickness")
@@ -187,7 +187,7 @@ def multislice_study(full: bool) -> dict:
         for sampling, slices, projection in runs:
             r = abtem_silicon_intensities(ZONE, tilt, THICKNESSES, method="multislice",
                                           sampling=sampling, slices_per_period=slices,
-                                          projection=projection)  # fmt: skip
+                                          projection=projection, g_max=30.0)  # fmt: skip
             diff, worst = max_difference(r, ref)
             print(f"{sampling:9.4f} {r.settings['slices_per_period']:6d} {projection:>8} "
                   f"{r.runtime_s:7.2f}   {fmt(diff)}   worst {worst}")  # fmt: skip
@@ -217,6 +217,9 @@ def cross_check(bloch: dict, ms: dict, full: bool) -> None:
         print(f"{label:15s} all strong beams:  {fmt(max_difference(b, m)[0])}")
         print(f"{'':15s} without 000:       {fmt(max_difference(b, m, skip=[(0, 0, 0)])[0])}")
         print(f"{'':15s} I000 Bloch − ms:   {fmt(b[(0, 0, 0)] - m[(0, 0, 0)])}")
+        for cut in (5.0, 8.0):
+            beyond = sum(v for k, v in m.items() if np.linalg.norm(k) / LATTICE_CONSTANT_SI > cut)
+            print(f"{'':15s} ms Σ I, |g| > {cut:3.1f}:  {fmt(beyond)}")
 
 
 def samples(bloch: dict, ms: dict) -> None:
@@ -227,7 +230,8 @@ def samples(bloch: dict, ms: dict) -> None:
         m = ms[(label, 0.0125, 2, "infinite")]
         print(f"\n{label}: beam direction {np.round(b.beam_direction, 5)}")
         print(f"{'hkl':>12} {'Bloch 100':>10} {'ms 100':>10} {'Bloch 500':>10} {'ms 500':>10}")
-        for k in SAMPLE_BEAMS:
+        strongest = sorted(b, key=lambda k: -max(b[k][i100], b[k][i500]))[:12]
+        for k in SAMPLE_BEAMS + [k for k in strongest if k not in SAMPLE_BEAMS]:
             if k in b and k in m:
                 print(f"{str(k):>12} {b[k][i100]:10.5f} {m[k][i100]:10.5f} "
                       f"{b[k][i500]:10.5f} {m[k][i500]:10.5f}")  # fmt: skip

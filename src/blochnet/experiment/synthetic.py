@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -41,6 +40,7 @@ from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions, beam_zone_axes
+from blochnet.io.atomic import write_text_atomically
 from blochnet.io.pets import check_cell, write_pets
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.lattice import reciprocal_matrix
@@ -294,19 +294,14 @@ def write_synthetic(dataset: Dataset, truth: dict, path: str | os.PathLike[str])
     """
     path, target = Path(path), truth_path(path)
     text = json.dumps({**truth, "data_file": path.name}, indent=1, allow_nan=False)
-    options = {"dir": target.parent, "prefix": f".{target.name}.", "suffix": ".tmp"}
-    handle = tempfile.NamedTemporaryFile("w", delete=False, encoding="utf-8", **options)
+    existed = path.exists()
+    write_pets(dataset, path)
     try:
-        with handle:
-            handle.write(text + "\n")
-        write_pets(dataset, path)
-        try:
-            os.replace(handle.name, target)
-        except BaseException:
+        write_text_atomically(target, text + "\n")
+    except BaseException:
+        if not existed:
             path.unlink(missing_ok=True)
-            raise
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
+        raise
     return [path, target]
 
 

@@ -10,10 +10,7 @@ site symmetry are written as their exact special value without an s.u.
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
-import tempfile
 from fractions import Fraction
 from importlib import metadata
 from os import PathLike
@@ -24,6 +21,7 @@ import numpy as np
 from gemmi import cif
 
 from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, SymOp
+from blochnet.io.atomic import write_text_atomically
 from blochnet.physics.symmetry import SiteConstraint, site_constraints
 
 __all__ = ["format_su", "write_structure"]
@@ -114,7 +112,7 @@ def write_structure(
     if refinement is not None:
         lines += _refinement_lines(refinement)
     lines += _atom_lines(crystal, site_constraints(crystal))
-    _write_atomically(path, "\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -239,20 +237,3 @@ def _version() -> str:
         return metadata.version("blochnet")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, mode)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -15,9 +15,7 @@ axis position is 0 when not set.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from os import PathLike
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 from blochnet.crystal import CELL_NAMES, Cell
 from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.experiment.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
+from blochnet.io.atomic import write_text_atomically
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.units import wavelength_to_energy
 
@@ -479,19 +478,7 @@ def write_pets(dataset: Dataset, path: str | PathLike[str]) -> None:
     ``read_pets`` of the result returns the same data set to print precision
     (10 significant digits, 6 decimals for angles and zone axes).
     """
-    path = Path(path)
-    text = _pets_text(dataset)
-    options = {"dir": path.parent, "prefix": f".{path.name}.", "suffix": ".tmp"}
-    handle = tempfile.NamedTemporaryFile("w", delete=False, encoding="utf-8", **options)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, _pets_text(dataset))
 
 
 def check_cell(dataset_cell: Cell, structure_cell: Cell, *, tolerance: float = 0.03) -> str | None:
