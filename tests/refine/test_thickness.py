@@ -138,14 +138,14 @@ def test_neural_gaussian_fits_a_linear_wedge_within_three_percent_in_under_two_s
     model = NeuralGaussianThickness(ANGLES, t0=T0, t_range=(300.0, 1100.0))
     target = torch.as_tensor(np.linspace(400.0, 800.0, len(ANGLES)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes' load does not count
     for _ in range(100):
         optimizer.zero_grad()
         mean, _ = model.moments()
         loss = ((mean - target) / T0).pow(2).mean()
         loss.backward()
         optimizer.step()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     np.testing.assert_allclose(model.summary()["mean"], target.numpy(), rtol=0.03)
     assert elapsed < 2.0
 
