@@ -8,6 +8,7 @@ from pathlib import Path
 from blochnet.errors import ConfigurationError
 
 EXAMPLES = {"quartz": "quartz.cif", "silicon": "silicon.cif"}
+DATASETS = {"quartz": "quartz.cif_pets"}
 
 
 def example_path(name: str) -> Path:
@@ -15,3 +16,10 @@ def example_path(name: str) -> Path:
     if name not in EXAMPLES:
         raise ConfigurationError(f"no example {name!r}; available: {', '.join(EXAMPLES)}")
     return Path(str(resources.files(__package__).joinpath(EXAMPLES[name])))
+
+
+def example_dataset_path(name: str) -> Path:
+    """Path of a bundled 3D-ED data set (``.cif_pets``) by short name (``"quartz"``)."""
+    if name not in DATASETS:
+        raise ConfigurationError(f"no example data set {name!r}; available: {', '.join(DATASETS)}")
+    return Path(str(resources.files(__package__).joinpath(DATASETS[name])))

@@ -36,37 +36,32 @@ class EpochRecord:
     seconds: float
 
 
-def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
-    """Adam parameter groups named by the first component of each parameter's name.
+def _group_of(name: str) -> str:
+    """Parameter group of a parameter name (see :func:`parameter_groups`)."""
+    for marker, group in (("xyz_shift", "xyz"), ("adp_shift", "adp"), ("occ_shift", "occupancy")):
+        if marker in name:
+            return group
+    if name.endswith("orientation"):
+        return "orientation"
+    if "thickness" in name.split("."):
+        return "thickness"
+    return name.split(".")[-1]
 
-    ``structure.xyz_shift`` → "xyz", ``structure.adp_shift`` → "adp", ``structure.occ_shift``
-    → "occupancy", ``orientation`` → "orientation", anything under ``thickness`` →
-    "thickness". A group with learning rate 0 is fixed.
-    """
-    key_of = {
-        "structure.xyz_shift": "xyz",
-        "structure.adp_shift": "adp",
-        "structure.occ_shift": "occupancy",
-        "orientation": "orientation",
-    }
+
+def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
+    """Adam parameter groups: "xyz", "adp", "occupancy" (structure shifts), "orientation"
+    (per-frame rotation vectors) and "thickness" (every thickness-model parameter). A group
+    with learning rate 0 is fixed (its parameters get ``requires_grad=False``)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, param in objective.named_parameters():
-        key = key_of.get(name, name.split(".")[0])
-        groups.setdefault(key, []).append((name, param))
+        groups.setdefault(_group_of(name), []).append((name, param))
     out = []
     for key, named in groups.items():
         lr = learning_rates.get(key, 0.0)
         for _, param in named:
             param.requires_grad_(lr > 0)
         if lr > 0 and any(p.numel() for _, p in named):
-            out.append(
-                {
-                    "params": [p for _, p in named],
-                    "lr": lr,
-                    "name": key,
-                    "names": [n for n, _ in named],
-                }
-            )
+            out.append({"params": [p for _, p in named], "lr": lr, "name": key})
     return out
 
 
@@ -113,8 +108,9 @@ def optimise_adam(
         optimiser.step()
         if after_step is not None:
             after_step()
+        value = float(loss.detach())
         record = EpochRecord(
-            epoch + 1, float(loss), math.sqrt(float(loss) / sum_w_io2), time.perf_counter() - tick
+            epoch + 1, value, math.sqrt(value / sum_w_io2), time.perf_counter() - tick
         )
         history.append(record)
         if report is not None:
@@ -157,10 +153,9 @@ def _check_finite(objective: nn.Module, loss, good: dict, *, gradients: bool = F
         for name, param in objective.named_parameters():
             if param.grad is not None and not torch.all(torch.isfinite(param.grad)):
                 rows = ""
-                if name == "orientation":
+                if name.endswith("orientation"):
                     frames = torch.nonzero(~torch.isfinite(param.grad).all(1))[:, 0].tolist()
-                    ids = objective.simulator.dataset.frames.id[frames].tolist()
-                    rows = f" (frames {ids})"
+                    rows = f" (frame rows {frames})"
                 bad.append(f"gradient of {name}{rows}")
     if bad:
         objective.load_state_dict(good)

@@ -1,0 +1,126 @@
+"""Outputs of a refinement: ``report.json`` and ``refined.cif``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blochnet.crystal import Crystal
+from blochnet.io.atomic import write_text_atomically
+from blochnet.io.cif_write import write_structure
+from blochnet.physics.lattice import uij_to_cartesian
+
+
+def refined_crystal(structure) -> Crystal:
+    """The crystal with the refined coordinates, ADPs and occupancies."""
+    crystal = copy.deepcopy(structure.model.crystal)
+    with torch.no_grad():
+        atoms = structure.atoms()
+        u_cart = uij_to_cartesian(crystal.cell, atoms.uij)
+    xyz, uij, occ = (t.detach().cpu().numpy() for t in (atoms.xyz, atoms.uij, atoms.occupancy))
+    ueq = np.trace(u_cart.detach().cpu().numpy(), axis1=-2, axis2=-1) / 3
+    for i, atom in enumerate(crystal.atoms):
+        atom.xyz, atom.occupancy, atom.uiso, atom.su = xyz[i], float(occ[i]), float(ueq[i]), {}
+        if atom.uij is not None:
+            atom.uij = uij[i]
+    return crystal
+
+
+def write_report(model, crystal: Crystal, history, config, out: Path, *, wall_time: float) -> dict:
+    """Write ``report.json`` and ``refined.cif`` to ``out``; return the report."""
+    first = model.objectives[0]
+    n_parameters = count_parameters(model)
+    merit = first.figures_of_merit(n_parameters=n_parameters, subset="fit")
+    frames = []
+    for objective in model.objectives:
+        thickness = objective.thickness.summary()
+        with torch.no_grad():
+            _, scales = objective.calculated()
+        fm = objective.figures_of_merit(subset="all")
+        rotation = (
+            objective.orientation.detach().cpu().numpy()
+            if objective.orientation is not None
+            else np.zeros((objective.n_frames, 3))
+        )
+        for f, frame_id in enumerate(objective.simulator.dataset.frames.id):
+            frames.append(
+                {
+                    "dataset": objective.simulator.dataset.source,
+                    "id": int(frame_id),
+                    "thickness_mean": float(thickness["mean"][f]),
+                    "thickness_width": float(thickness["width"][f]),
+                    "scale": float(scales[f]),
+                    "orientation_correction_deg": np.degrees(rotation[f]).tolist(),
+                    "r1_obs": _finite(fm.per_frame["r1_obs"][f]),
+                    "n_obs": int(fm.per_frame["n_obs"][f]),
+                }
+            )
+    report = {
+        "r_obs": merit.r1_obs,
+        "r_all": merit.r1_all,
+        "wr2": merit.wr2,
+        "gof": merit.gof,
+        "n_obs": merit.n_obs,
+        "r_obs_frame_mean": merit.r1_obs_frame_mean,
+        "n_reflections": merit.n_all,
+        "n_parameters": n_parameters,
+        "selection_rule": first.simulator.selection.rule,
+        "selection_counts": first.simulator.selection.counts(),
+        "r_free": (
+            first.figures_of_merit(subset="free").r1_obs if not bool(first.fit.all()) else None
+        ),
+        "atoms": [_atom_entry(atom) for atom in crystal.atoms],
+        "frames": frames,
+        "epochs": len(history),
+        "history": [asdict(h) for h in history],
+        "standard_uncertainties": "not computed",
+        "wall_time_s": wall_time,
+        "config": json.loads(config.model_dump_json()),
+    }
+    report = json.loads(json.dumps(report, default=_finite))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_structure(crystal, out / "refined.cif", refinement={
+        "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
+        "n_reflections": merit.n_all, "n_parameters": n_parameters, "n_obs": merit.n_obs,
+        "wavelength": first.simulator.dataset.wavelength,
+        "details": f"blochnet dynamical refinement; {first.simulator.selection.rule}; "
+                   f"thickness model {config.thickness.kind}",
+    })  # fmt: skip
+    return report
+
+
+def count_parameters(model) -> int:
+    """Refined parameters as a crystallographer counts them: structure parameters, frame
+    scales, orientation corrections, and per frame the thickness mean and width of a
+    neural model (its weights are not independent parameters) or the model's own count."""
+    n = sum(p.numel() for p in model.structure.parameters() if p.requires_grad)
+    for objective in model.objectives:
+        n += objective.n_frames  # scales
+        if objective.orientation is not None and objective.orientation.requires_grad:
+            n += objective.orientation.numel()
+        trainable = sum(p.numel() for p in objective.thickness.parameters() if p.requires_grad)
+        n += min(trainable, 2 * objective.n_frames)
+    return n
+
+
+def _atom_entry(atom) -> dict:
+    return {
+        "label": atom.label,
+        "xyz": [float(x) for x in atom.xyz],
+        "xyz_su": None,
+        "uiso": atom.uiso,
+        "uiso_su": None,
+        "uij": None if atom.uij is None else [float(u) for u in atom.uij],
+        "uij_su": None,
+        "occupancy": atom.occupancy,
+    }
+
+
+def _finite(value):
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,168 @@
+"""A whole refinement: configuration, model assembly, optimisation, outputs.
+
+The refined model is the structure (shared by every data set) plus, per data set, a
+thickness model and per-frame orientation corrections; the loss is the sum of the data
+sets' weighted least-squares objectives (:mod:`blochnet.refine.objective`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from blochnet.crystal import Crystal
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.dataset import Dataset
+from blochnet.experiment.evaluate import structure_in_data_cell
+from blochnet.experiment.frames import FrameSimulator
+from blochnet.io.atomic import write_text_atomically
+from blochnet.refine.engine import EpochRecord, optimise_adam
+from blochnet.refine.objective import Objective
+from blochnet.refine.parameters import StructureParameters, atom_selection
+from blochnet.refine.report import refined_crystal, write_report
+from blochnet.refine.thickness import ThicknessConfig
+
+
+class LearningRates(BaseModel):
+    """Adam learning rates per parameter group (0 fixes the group)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    xyz: float = Field(5e-4, ge=0, description="free coordinates [fractional]")
+    adp: float = Field(3e-4, ge=0, description="Uiso / free Uij [Å²]")
+    occupancy: float = Field(0.0, ge=0)
+    orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
+    thickness: float = Field(1e-3, ge=0, description="thickness-model parameters")
+
+
+class RefineConfig(BaseModel):
+    """Everything that changes the result of a refinement (saved with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
+    learning_rates: LearningRates = Field(default_factory=LearningRates)
+    epochs: int = Field(60, ge=1)
+    refine_xyz: str = "all"
+    refine_adp: str = "all"
+    refine_occupancy: str = "none"
+    refine_orientation: bool = True
+    holdout_fraction: float = Field(0.0, ge=0, lt=0.9, description="frames held out")
+    checkpoint_every: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class Refinement(nn.Module):
+    """The structure and one objective per data set."""
+
+    def __init__(self, structure: StructureParameters, objectives: list[Objective]) -> None:
+        super().__init__()
+        self.structure = structure
+        self.objectives = nn.ModuleList(objectives)
+
+    def forward(self) -> torch.Tensor:
+        return sum(objective() for objective in self.objectives)
+
+
+@dataclass
+class RefinementResult:
+    crystal: Crystal
+    report: dict
+    history: list[EpochRecord]
+    out_dir: Path
+
+
+def build_refinement(
+    crystal: Crystal,
+    datasets: list[Dataset],
+    config: RefineConfig,
+    *,
+    dtype=torch.float64,
+    device=None,
+) -> Refinement:
+    """Simulators, structure parameters, thickness models and objectives."""
+    crystal = structure_in_data_cell(crystal, datasets[0])
+    simulators = [
+        FrameSimulator(
+            structure_in_data_cell(crystal, ds), ds, config.simulation, dtype=dtype, device=device
+        )
+        for ds in datasets
+    ]
+    labels = [a.label for a in crystal.atoms]
+    structure = StructureParameters(
+        simulators[0].model,
+        xyz=atom_selection(config.refine_xyz, labels),
+        adp=atom_selection(config.refine_adp, labels),
+        occupancy=atom_selection(config.refine_occupancy, labels),
+    )
+    rng = np.random.default_rng(config.seed)
+    objectives = []
+    for sim in simulators:
+        ds = sim.dataset
+        t0 = config.thickness.t0 or 600.0
+        thickness = config.thickness.build(ds.frames.alpha, t0=t0).to(dtype=dtype, device=device)
+        holdout = None
+        if config.holdout_fraction > 0:
+            n_out = max(1, round(config.holdout_fraction * ds.n_frames))
+            out_frames = rng.choice(ds.n_frames, n_out, replace=False)
+            holdout = np.isin(sim.frame_of_used, out_frames)
+        objectives.append(
+            Objective(
+                sim,
+                structure,
+                thickness,
+                holdout=holdout,
+                refine_orientation=config.refine_orientation,
+            )
+        )
+    return Refinement(structure, objectives)
+
+
+def refine(
+    crystal: Crystal,
+    datasets: list[Dataset],
+    out_dir: str | Path,
+    config: RefineConfig | None = None,
+    *,
+    dtype=torch.float64,
+    device=None,
+    resume: bool = False,
+    report: Callable[[EpochRecord], None] | None = None,
+) -> RefinementResult:
+    """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
+
+    Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
+    ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
+    ``refined.cif``, each atomically.
+    """
+    start = time.perf_counter()
+    config = config or RefineConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out / "config.json", config.model_dump_json(indent=1) + "\n")
+    model = build_refinement(crystal, datasets, config, dtype=dtype, device=device)
+    sum_w_io2 = sum(float(((o.i_obs / o.sigma) ** 2)[o.fit].sum()) for o in model.objectives)
+    rates = config.learning_rates.model_dump()
+    history = optimise_adam(
+        model, epochs=config.epochs, learning_rates=rates, sum_w_io2=sum_w_io2,
+        checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
+        resume=resume, after_step=model.structure.keep_adps_positive_definite, report=report,
+    )  # fmt: skip
+    refined = refined_crystal(model.structure)
+    result = write_report(
+        model, refined, history, config, out, wall_time=time.perf_counter() - start
+    )
+    return RefinementResult(refined, result, history, out)
+
+
+def save_json(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
