@@ -1,0 +1,153 @@
+"""Refinement on small synthetic data: recovery, resume, NaN safety, outputs, configuration."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from blochnet.cli.main import app
+from blochnet.examples import example_path
+from blochnet.experiment.config import SelectionRule, SimulationConfig
+from blochnet.experiment.synthetic import (
+    ConstantThickness,
+    GeneratedGeometry,
+    NoiseModel,
+    simulate_experiment,
+)
+from blochnet.io.cif import read_structure
+from blochnet.physics.lattice import direct_matrix
+from blochnet.refine.engine import RefinementError, optimise_adam
+from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
+from blochnet.refine.thickness import ThicknessConfig
+
+SIMULATION = SimulationConfig(
+    n_tilts=3, g_max=1.5, sg_max=0.03, selection=SelectionRule(g_max=1.1, rsg_max=1.0)
+)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    torch.set_num_threads(1)
+    crystal = read_structure(example_path("quartz"))
+    geometry = GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1)
+    dataset, _ = simulate_experiment(
+        crystal,
+        generated=geometry,
+        thickness=ConstantThickness(value=500.0),
+        noise=NoiseModel(dose=1e8, background=1.0),
+        config=SIMULATION,
+        seed=3,
+    )
+    return crystal, dataset
+
+
+def _config(**changes):
+    base = RefineConfig(
+        simulation=SIMULATION,
+        epochs=40,
+        thickness=ThicknessConfig(kind="global", t0=500.0),
+        learning_rates=LearningRates(xyz=5e-4, adp=0.0, orientation=0.0, thickness=0.0),
+        refine_orientation=False,
+    )
+    return base.model_copy(update=changes)
+
+
+def _moved(crystal, shift_angstrom):
+    """The crystal with O1 moved by ``shift_angstrom`` [Å] in a fixed general direction."""
+    moved = copy.deepcopy(crystal)
+    cartesian = np.array([0.6, -0.5, 0.62])
+    cartesian *= shift_angstrom / np.linalg.norm(cartesian)
+    moved.atom("O1").xyz = moved.atom("O1").xyz + np.linalg.solve(
+        direct_matrix(moved.cell), cartesian
+    )
+    return moved
+
+
+def _distance(crystal, a, b):
+    return float(
+        np.linalg.norm(direct_matrix(crystal.cell) @ (a.atom("O1").xyz - b.atom("O1").xyz))
+    )
+
+
+def test_refinement_moves_a_displaced_atom_back(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    start = _moved(crystal, 0.05)
+    assert _distance(crystal, start, crystal) == pytest.approx(0.05, rel=1e-6)
+    result = refine(start, [dataset], tmp_path, _config())
+    assert result.history[-1].loss < 0.2 * result.history[0].loss
+    assert _distance(crystal, result.crystal, crystal) < 0.015
+
+
+def test_interrupted_refinement_resumes_to_the_same_result(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    start = _moved(crystal, 0.05)
+    config = _config(epochs=6, checkpoint_every=2)
+    straight = refine(start, [dataset], tmp_path / "a", config)
+    refine(start, [dataset], tmp_path / "b", config.model_copy(update={"epochs": 4}))
+    resumed = refine(start, [dataset], tmp_path / "b", config, resume=True)
+    assert len(resumed.history) == 6
+    np.testing.assert_allclose(
+        resumed.crystal.atom("O1").xyz, straight.crystal.atom("O1").xyz, atol=1e-12
+    )
+    assert resumed.history[-1].loss == pytest.approx(straight.history[-1].loss, rel=1e-10)
+
+
+def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(synthetic):
+    crystal, dataset = synthetic
+    model = build_refinement(
+        crystal,
+        [dataset],
+        _config(learning_rates=LearningRates(xyz=5e-4, adp=0.0, orientation=0.0, thickness=1e-3)),
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    thickness = model.objectives[0].thickness
+    param = next(thickness.parameters())
+    with torch.no_grad():
+        param.fill_(float("nan"))
+    with pytest.raises(RefinementError, match="non-finite"):
+        optimise_adam(
+            model, epochs=2, learning_rates={"xyz": 5e-4, "thickness": 1e-3}, sum_w_io2=1.0
+        )
+    after = model.state_dict()
+    for key, value in before.items():
+        if "thickness" not in key:
+            assert torch.equal(after[key], value), key
+
+
+def test_report_holds_the_documented_fields(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    refine(crystal, [dataset], tmp_path, _config(epochs=2))
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in (
+        "r_obs",
+        "r_all",
+        "wr2",
+        "gof",
+        "n_obs",
+        "r_obs_frame_mean",
+        "n_reflections",
+        "n_parameters",
+        "selection_rule",
+        "atoms",
+        "frames",
+        "wall_time_s",
+    ):
+        assert key in report
+    assert {"label", "xyz", "uiso", "occupancy"} <= set(report["atoms"][0])
+    assert len(report["frames"]) == dataset.n_frames
+    assert (tmp_path / "refined.cif").read_text().startswith("data_")
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+
+
+def test_unknown_configuration_keys_are_refused(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[simulation]\nn_tilt = 3\n")
+    result = CliRunner().invoke(
+        app,
+        ["refine", "--example", "quartz", "--config", str(config), "--out", str(tmp_path / "out")],
+    )
+    assert result.exit_code == 2
+    assert "n_tilt" in result.output and not (tmp_path / "out").exists()
