@@ -20,7 +20,7 @@ _PUBLIC = {
     "simulate_pattern": "blochnet.experiment.pattern",
     "read_structure": "blochnet.io.cif",
     "read_pets": "blochnet.io.pets",
-    "write_pets": "blochnet.io.pets",
+    "write_pets": "blochnet.io.pets_write",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -19,7 +19,8 @@ from blochnet.experiment.geometry import (
     u_matrix,
     zone_axis_deviation,
 )
-from blochnet.io.pets import read_pets, write_pets
+from blochnet.io.pets import read_pets
+from blochnet.io.pets_write import write_pets
 from blochnet.physics.lattice import reciprocal_matrix
 from conftest import shared_data_dir
 

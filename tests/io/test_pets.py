@@ -14,7 +14,8 @@ import pytest
 
 from blochnet.crystal import Cell
 from blochnet.errors import ConfigurationError, InputFileError
-from blochnet.io.pets import check_cell, read_pets, write_pets
+from blochnet.io.pets import read_pets
+from blochnet.io.pets_write import check_cell, write_pets
 from conftest import shared_data_dir
 
 EXPERIMENTS = shared_data_dir() / "experiments"

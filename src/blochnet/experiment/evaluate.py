@@ -22,7 +22,7 @@ from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.frames import FrameSimulator, ReflectionSelection
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
-from blochnet.io.pets import check_cell
+from blochnet.io.pets_write import check_cell
 
 
 @dataclass

@@ -41,7 +41,7 @@ from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions, beam_zone_axes
 from blochnet.io.atomic import write_text_atomically
-from blochnet.io.pets import check_cell, write_pets
+from blochnet.io.pets_write import check_cell, write_pets
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.units import energy_to_wavelength
