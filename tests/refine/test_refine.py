@@ -20,8 +20,10 @@ from blochnet.experiment.synthetic import (
 from blochnet.io.cif import read_structure
 from blochnet.physics.lattice import direct_matrix
 from blochnet.refine.engine import RefinementError, optimise_adam
+from blochnet.refine.report import count_parameters
 from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
 from blochnet.refine.thickness import ThicknessConfig
+from blochnet.refine.uncertainty import residual_jacobian, structure_uncertainties
 
 SIMULATION = SimulationConfig(
     n_tilts=3, g_max=1.5, sg_max=0.03, selection=SelectionRule(g_max=1.1, rsg_max=1.0)
@@ -137,6 +139,8 @@ def test_report_holds_the_documented_fields(synthetic, tmp_path):
     ):
         assert key in report
     assert {"label", "xyz", "uiso", "occupancy"} <= set(report["atoms"][0])
+    assert all(x > 0 for x in report["atoms"][1]["xyz_su"])  # O1: refined coordinates
+    assert "(" in (tmp_path / "refined.cif").read_text()  # s.u. in parenthesis notation
     assert len(report["frames"]) == dataset.n_frames
     assert (tmp_path / "refined.cif").read_text().startswith("data_")
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
@@ -151,3 +155,44 @@ def test_unknown_configuration_keys_are_refused(tmp_path):
     )
     assert result.exit_code == 2
     assert "n_tilt" in result.output and not (tmp_path / "out").exists()
+
+
+def test_residual_jacobian_matches_finite_differences(synthetic):
+    crystal, dataset = synthetic
+    config = _config(
+        learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    )
+    model = build_refinement(crystal, [dataset], config)
+    structure = model.structure
+    params = [structure.xyz_shift, structure.adp_shift]
+    r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), params)
+    assert jac.shape == (len(r), sum(p.numel() for p in params))
+    step = 1e-6
+    n_xyz = structure.xyz_shift.numel()
+    for param, index, column in [(structure.xyz_shift, 0, 0), (structure.adp_shift, 2, n_xyz + 2)]:
+        with torch.no_grad():
+            param[index] += step
+            plus = model.objectives[0].residuals()
+            param[index] -= 2 * step
+            minus = model.objectives[0].residuals()
+            param[index] += step
+        numeric = (plus - minus) / (2 * step)
+        np.testing.assert_allclose(
+            jac[:, column].numpy(),
+            numeric.numpy(),
+            rtol=1e-5,
+            atol=1e-6 * numeric.abs().max().item(),
+        )
+
+
+def test_standard_uncertainties_are_finite_and_scale_with_the_noise(synthetic):
+    crystal, dataset = synthetic
+    config = _config(
+        learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    )
+    model = build_refinement(crystal, [dataset], config)
+    su = structure_uncertainties(model, n_parameters=count_parameters(model))
+    assert np.all(np.isfinite(su["free"])) and np.all(su["free"] > 0)
+    assert np.all(su["xyz"][1] > 0)  # O1 on a general position: three free coordinates
+    assert su["xyz"][0][0] == 0 or su["xyz"][0][2] == 0  # Si1: some coordinates fixed
+    assert np.all(su["ueq"] > 0) and 0.5 < su["gof"] < 2.0

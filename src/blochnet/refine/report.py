@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blochnet.crystal import Crystal
+from blochnet.crystal import UIJ_NAMES, Crystal
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.lattice import uij_to_cartesian
 
 
-def refined_crystal(structure) -> Crystal:
-    """The crystal with the refined coordinates, ADPs and occupancies."""
+def refined_crystal(structure, su: dict | None = None) -> Crystal:
+    """The crystal with the refined coordinates, ADPs and occupancies, and their s.u.
+    (from :func:`~blochnet.refine.uncertainty.structure_uncertainties`) where refined."""
     crystal = copy.deepcopy(structure.model.crystal)
     with torch.no_grad():
         atoms = structure.atoms()
@@ -28,6 +29,15 @@ def refined_crystal(structure) -> Crystal:
         atom.xyz, atom.occupancy, atom.uiso, atom.su = xyz[i], float(occ[i]), float(ueq[i]), {}
         if atom.uij is not None:
             atom.uij = uij[i]
+        if su is not None:
+            values = {
+                **dict(zip("xyz", su["xyz"][i], strict=True)),
+                "uiso": su["ueq"][i],
+                "occ": su["occupancy"][i],
+            }
+            if atom.uij is not None:
+                values |= dict(zip(UIJ_NAMES, su["uij"][i], strict=True))
+            atom.su = {k: float(v) for k, v in values.items() if v > 0}
     return crystal
 
 
@@ -78,7 +88,8 @@ def write_report(model, crystal: Crystal, history, config, out: Path, *, wall_ti
         "frames": frames,
         "epochs": len(history),
         "history": [asdict(h) for h in history],
-        "standard_uncertainties": "not computed",
+        "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
+        "conditional on the refined thickness model and orientations",
         "wall_time_s": wall_time,
         "config": json.loads(config.model_dump_json()),
     }
@@ -109,15 +120,17 @@ def count_parameters(model) -> int:
 
 
 def _atom_entry(atom) -> dict:
+    su = atom.su
     return {
         "label": atom.label,
         "xyz": [float(x) for x in atom.xyz],
-        "xyz_su": None,
+        "xyz_su": [su.get(k, 0.0) for k in "xyz"],
         "uiso": atom.uiso,
-        "uiso_su": None,
+        "uiso_su": su.get("uiso", 0.0),
         "uij": None if atom.uij is None else [float(u) for u in atom.uij],
-        "uij_su": None,
+        "uij_su": None if atom.uij is None else [su.get(k, 0.0) for k in UIJ_NAMES],
         "occupancy": atom.occupancy,
+        "occupancy_su": su.get("occ", 0.0),
     }
 
 

@@ -7,7 +7,6 @@ sets' weighted least-squares objectives (:mod:`blochnet.refine.objective`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from blochnet.io.atomic import write_text_atomically
 from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.objective import Objective
 from blochnet.refine.parameters import StructureParameters, atom_selection
-from blochnet.refine.report import refined_crystal, write_report
+from blochnet.refine.report import count_parameters, refined_crystal, write_report
 from blochnet.refine.thickness import ThicknessConfig
+from blochnet.refine.uncertainty import structure_uncertainties
 
 
 class LearningRates(BaseModel):
@@ -157,12 +157,11 @@ def refine(
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, after_step=model.structure.keep_adps_positive_definite, report=report,
     )  # fmt: skip
-    refined = refined_crystal(model.structure)
+    su = None
+    if any(p.requires_grad and p.numel() for p in model.structure.parameters()):
+        su = structure_uncertainties(model, n_parameters=count_parameters(model))
+    refined = refined_crystal(model.structure, su)
     result = write_report(
         model, refined, history, config, out, wall_time=time.perf_counter() - start
     )
     return RefinementResult(refined, result, history, out)
-
-
-def save_json(path: Path, data: dict) -> None:
-    write_text_atomically(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
