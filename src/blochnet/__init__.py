@@ -19,6 +19,8 @@ _PUBLIC = {
     "Pattern": "blochnet.experiment.pattern",
     "simulate_pattern": "blochnet.experiment.pattern",
     "read_structure": "blochnet.io.cif",
+    "write_structure": "blochnet.io.cif_write",
+    "evaluate": "blochnet.experiment.evaluate",
     "read_pets": "blochnet.io.pets",
     "write_pets": "blochnet.io.pets_write",
 }
