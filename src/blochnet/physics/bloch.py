@@ -134,12 +134,7 @@ class _HermitianPropagation(torch.autograd.Function):
             z = torch.complex(values, _absorption_eigenvalue_shift(vectors, absorptive))
         psi, phase = propagate_intensities(vectors, z, vectors, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, thickness, c)
-        ctx.incident = incident
-        ctx.real_input = (
-            not matrix.is_complex(),
-            absorptive is None or not absorptive.is_complex(),
-        )
-        ctx.has_absorption = absorptive is not None
+        _remember_inputs(ctx, matrix, absorptive, incident)
         return psi.real**2 + psi.imag**2
 
     @staticmethod
@@ -158,12 +153,7 @@ class _HermitianPropagation(torch.autograd.Function):
             ctx.incident,
             real_matrix=real_matrix,
         )
-        return (
-            *_split_gradient(ctx, grad_x),
-            grad_ct * c[:, None],
-            (grad_ct * thickness).sum(1),
-            None,
-        )
+        return _input_gradients(ctx, grad_x, grad_ct, thickness, c)
 
 
 class _GeneralPropagation(torch.autograd.Function):
@@ -177,12 +167,7 @@ class _GeneralPropagation(torch.autograd.Function):
         left = torch.linalg.inv(vectors).mH
         psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)
-        ctx.incident = incident
-        ctx.real_input = (
-            not matrix.is_complex(),
-            absorptive is None or not absorptive.is_complex(),
-        )
-        ctx.has_absorption = absorptive is not None
+        _remember_inputs(ctx, matrix, absorptive, incident)
         return psi.real**2 + psi.imag**2
 
     @staticmethod
@@ -191,12 +176,18 @@ class _GeneralPropagation(torch.autograd.Function):
         grad_x, grad_ct = propagation_backward(
             grad_intensity, psi, phase, vectors, z, left, thickness, c, ctx.incident
         )
-        return (
-            *_split_gradient(ctx, grad_x),
-            grad_ct * c[:, None],
-            (grad_ct * thickness).sum(1),
-            None,
-        )
+        return _input_gradients(ctx, grad_x, grad_ct, thickness, c)
+
+
+def _remember_inputs(ctx, matrix: Tensor, absorptive: Tensor | None, incident: int) -> None:
+    ctx.incident = incident
+    ctx.real_input = (not matrix.is_complex(), absorptive is None or not absorptive.is_complex())
+    ctx.has_absorption = absorptive is not None
+
+
+def _input_gradients(ctx, grad_x: Tensor, grad_ct: Tensor, thickness: Tensor, c: Tensor):
+    """Gradients for (matrix, absorptive, thickness, c, incident) from those for X and c·t."""
+    return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
 
 
 def _split_gradient(ctx, grad_x: Tensor) -> tuple[Tensor | None, Tensor | None]:

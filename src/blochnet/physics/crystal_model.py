@@ -21,7 +21,7 @@ from blochnet.crystal import Crystal
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.scattering import electron_scattering_factors
 from blochnet.physics.structure_factors import structure_factors
-from blochnet.physics.symmetry import UnitCellExpansion, site_constraints
+from blochnet.physics.symmetry import UnitCellExpansion, block_diagonal, site_constraints
 from blochnet.physics.units import potential_prefactor
 
 
@@ -114,8 +114,8 @@ class CrystalModel:
                 else [(atom.label, "Uiso")]
             )
         self.xyz_origin = self._tensor(np.concatenate([c.xyz0 for c in self.constraints]))
-        self.xyz_map = self._tensor(_block_diagonal(x_blocks, 3))
-        self.adp_map = self._tensor(_block_diagonal(u_blocks, 6))
+        self.xyz_map = self._tensor(block_diagonal(x_blocks, 3))
+        self.adp_map = self._tensor(block_diagonal(u_blocks, 6))
 
     def free_parameters(self) -> FreeParameters:
         """The crystal's own values as free parameters (least squares onto the constraints)."""
@@ -175,12 +175,3 @@ class CrystalModel:
             np.array_equal(op.rotation, -np.eye(3, dtype=int)) and not np.any(op.translation)
             for op in self.crystal.operators
         )
-
-
-def _block_diagonal(blocks: list[np.ndarray], rows: int) -> np.ndarray:
-    out = np.zeros((rows * len(blocks), sum(b.shape[1] for b in blocks)))
-    col = 0
-    for i, block in enumerate(blocks):
-        out[rows * i : rows * (i + 1), col : col + block.shape[1]] = block
-        col += block.shape[1]
-    return out

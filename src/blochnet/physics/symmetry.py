@@ -124,8 +124,8 @@ def constraint_matrices(
     names : (label, component) of the columns of p_all, then of the columns of q_all.
     """
     x0_all = np.concatenate([c.xyz0 for c in constraints]) if constraints else np.zeros(0)
-    p_all = _block_diagonal([c.xyz_basis for c in constraints], 3)
-    q_all = _block_diagonal([c.u_basis for c in constraints], 6)
+    p_all = block_diagonal([c.xyz_basis for c in constraints], 3)
+    q_all = block_diagonal([c.u_basis for c in constraints], 6)
     names = [(c.label, name) for c in constraints for name in c.xyz_names]
     names += [(c.label, name) for c in constraints for name in c.u_names]
     return x0_all, p_all, q_all, names
@@ -336,7 +336,8 @@ def _pivot(column: np.ndarray) -> int:
     return int(np.flatnonzero(np.abs(column) > 1e-12)[0])
 
 
-def _block_diagonal(blocks: list[np.ndarray], rows: int) -> np.ndarray:
+def block_diagonal(blocks: list[np.ndarray], rows: int) -> np.ndarray:
+    """Stack (rows, n_i) blocks on the diagonal of a (rows·len, Σ n_i) matrix."""
     result = np.zeros((rows * len(blocks), sum(b.shape[1] for b in blocks)))
     col = 0
     for i, block in enumerate(blocks):
