@@ -65,7 +65,24 @@ def refine(
                 f"epoch {record.epoch:4d}  wR2 {100 * record.wr2:6.2f} %  ({record.seconds:.1f} s)"
             )
 
-    result = run(crystal, datasets, out, settings, device=device, resume=resume, report=report)
+    def lm_report(record):
+        if not quiet:
+            state = "accepted" if record.accepted else "rejected"
+            console.print(
+                f"LM {record.iteration:3d}  Σw·Δ² {record.loss:.6g}  "
+                f"max shift/s.u. {record.max_shift_su:.3g}  ({state})"
+            )
+
+    result = run(
+        crystal,
+        datasets,
+        out,
+        settings,
+        device=device,
+        resume=resume,
+        report=report,
+        lm_report=lm_report,
+    )
     r = result.report
     Console().print(
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "

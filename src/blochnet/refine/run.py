@@ -24,6 +24,7 @@ from blochnet.experiment.evaluate import structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.io.atomic import write_text_atomically
 from blochnet.refine.engine import EpochRecord, optimise_adam
+from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refine.objective import Objective
 from blochnet.refine.parameters import StructureParameters, atom_selection
 from blochnet.refine.report import count_parameters, refined_crystal, write_report
@@ -52,6 +53,9 @@ class RefineConfig(BaseModel):
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
     epochs: int = Field(60, ge=1)
+    lm_iterations: int = Field(
+        5, ge=0, description="Levenberg–Marquardt iterations on the physical parameters after Adam"
+    )
     refine_xyz: str = "all"
     refine_adp: str = "all"
     refine_occupancy: str = "none"
@@ -137,12 +141,15 @@ def refine(
     device=None,
     resume: bool = False,
     report: Callable[[EpochRecord], None] | None = None,
+    lm_report: Callable[[LMRecord], None] | None = None,
 ) -> RefinementResult:
     """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
 
     Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
     ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
-    ``refined.cif``, each atomically.
+    ``refined.cif``, each atomically. Adam runs first (every group, networks included), then
+    ``config.lm_iterations`` Levenberg–Marquardt steps on the physical parameters
+    (structure, orientations, per-frame thickness).
     """
     start = time.perf_counter()
     config = config or RefineConfig()
@@ -157,6 +164,8 @@ def refine(
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, after_step=model.structure.keep_adps_positive_definite, report=report,
     )  # fmt: skip
+    if config.lm_iterations:
+        levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
     su = None
     if any(p.requires_grad and p.numel() for p in model.structure.parameters()):
         su = structure_uncertainties(model, n_parameters=count_parameters(model))
