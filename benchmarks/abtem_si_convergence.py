@@ -16,7 +16,9 @@ Usage::
     python benchmarks/abtem_si_convergence.py          # a few minutes on 2 cores
     python benchmarks/abtem_si_convergence.py --full   # larger references, ~30 min
 
-Needs abTEM (``pip install abtem==1.0.11``).
+Needs abTEM (``pip install abtem==1.0.11``). Timings are wall-clock seconds on the 2-core
+development machine; when another process holds a core, set ``OPENBLAS_NUM_THREADS=1``
+(two OpenBLAS threads competing for one core made ``eigh`` 20-100x slower).
 """
 
 from __future__ import annotations
