@@ -103,10 +103,28 @@ def _apply(blocks: list[_Block], delta: Tensor) -> None:
             offset += n
 
 
+def _limit_rotations(blocks: list[_Block], delta: Tensor, max_rotation: float) -> Tensor:
+    """Clip the orientation components of a step to ±``max_rotation`` [rad]."""
+    delta = delta.clone()
+    offset = 0
+    for block in blocks:
+        n = block.param.numel()
+        if block.per_frame and block.param.ndim == 2 and block.param.shape[1] == 3:
+            delta[offset : offset + n] = delta[offset : offset + n].clamp(
+                -max_rotation, max_rotation
+            )
+        offset += n
+    return delta
+
+
 def levenberg_marquardt(
-    model, *, iterations: int = 10, damping: float = 1e-3, report=None
+    model, *, iterations: int = 10, damping: float = 1e-3, max_rotation: float = 2e-3, report=None
 ) -> list[LMRecord]:
-    """Refine the physical parameters of ``model`` (a Refinement) by Levenberg–Marquardt."""
+    """Refine the physical parameters of ``model`` (a Refinement) by Levenberg–Marquardt.
+
+    ``max_rotation`` [rad] bounds each orientation component's step (a trust region: the
+    beam sets were chosen for the file's orientations, so corrections must stay small).
+    """
     history: list[LMRecord] = []
     r, jac, blocks = jacobian(model)
     loss = float((r**2).sum())
@@ -115,6 +133,7 @@ def levenberg_marquardt(
         scale = torch.diagonal(normal).clamp(min=1e-30)
         gradient = jac.T @ r
         delta = -torch.linalg.solve(normal + damping * torch.diag(scale), gradient)
+        delta = _limit_rotations(blocks, delta, max_rotation)
         _apply(blocks, delta)
         with torch.no_grad():
             trial = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
