@@ -31,7 +31,7 @@ from blochnet.physics.beams import excitation_errors, reciprocal_lattice_points
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
 from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.structure_matrix import BeamBatch, group_by_size, structure_matrix
+from blochnet.physics.structure_matrix import BeamBatch, group_by_size, structure_matrices
 
 
 @dataclass
@@ -218,11 +218,8 @@ class FrameSimulator:
         incident beam; rows follow ``self.used_rows``.
         """
         model = self.model
-        zero = torch.zeros((1, 3), dtype=torch.long, device=model.device)
-        u0 = model.potential(zero, atoms, real=False).real[0]
-        k = torch.sqrt(1 / self.dataset.wavelength**2 + u0)
+        k, u0 = model.wavevector(atoms, self.dataset.wavelength)
         out = torch.zeros(self.n_used, thickness.shape[1], dtype=model.dtype, device=model.device)
-        kappa = self.config.absorption
         for group in self.groups:
             batch = group.batch
             u = model.potential(batch.differences, atoms)
@@ -232,11 +229,7 @@ class FrameSimulator:
                 turn = rotation_matrices(rotations)[group.frame]  # (orient, 3, 3)
                 directions = (turn @ directions[:, :, None])[..., 0]
             s = excitation_errors(g, k * directions)
-            a = structure_matrix(batch, u, s, k)
-            a_abs = None
-            if kappa > 0:
-                diag = (kappa * u0) * torch.ones_like(s)
-                a_abs = structure_matrix(batch, kappa * u, s, k, diagonal=diag)
+            a, a_abs = structure_matrices(batch, u, s, k, u0, self.config.absorption)
             t = thickness[group.frame]
             intensity = bloch_intensities(
                 a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver

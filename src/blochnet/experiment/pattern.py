@@ -27,7 +27,7 @@ from blochnet.physics.beams import (
 from blochnet.physics.bloch import SOLVERS, bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
 from blochnet.physics.scattering import TABLES
-from blochnet.physics.structure_matrix import BeamBatch, structure_matrix
+from blochnet.physics.structure_matrix import BeamBatch, structure_matrices
 from blochnet.physics.units import energy_to_wavelength
 
 
@@ -108,9 +108,7 @@ def simulate_pattern(
     model = CrystalModel(crystal, voltage=voltage, table=scattering, dtype=dtype, device=device)
     atoms = model.atom_tensors() if atoms is None else atoms
     wavelength = energy_to_wavelength(voltage)
-    zero = torch.zeros((1, 3), dtype=torch.int64, device=model.device)
-    u0 = model.potential(zero, atoms, real=False).real[0]  # mean inner potential term [Å⁻²]
-    k = torch.sqrt(1 / wavelength**2 + u0)  # |K| in the crystal, differentiable in U₀
+    k, u0 = model.wavevector(atoms, wavelength)
 
     direction = _direction(crystal, zone, "zone")
     n_dir = direction if normal is None else _direction(crystal, normal, "normal")
@@ -131,11 +129,7 @@ def simulate_pattern(
     factor = None if normal is None else factor
 
     u = model.potential(batch.differences, atoms)
-    a = structure_matrix(batch, u, s_g, k, factor)
-    a_abs = None
-    if absorption > 0:
-        u0_abs = (absorption * u0) * torch.ones_like(s_g)
-        a_abs = structure_matrix(batch, absorption * u, s_g, k, factor, diagonal=u0_abs)
+    a, a_abs = structure_matrices(batch, u, s_g, k, u0, absorption, factor)
     c = math.pi / kn
     intensities = bloch_intensities(a, thickness_t, c, absorptive=a_abs, solver=solver)[0]
     return Pattern(

@@ -168,6 +168,12 @@ class CrystalModel:
             real = self.centrosymmetric_at_origin
         return u.real if real else u
 
+    def wavevector(self, atoms: AtomTensors, wavelength: float) -> tuple[Tensor, Tensor]:
+        """|K| = sqrt(1/λ² + U₀) in the crystal [Å⁻¹] and U₀ [Å⁻²], differentiable in U₀."""
+        zero = torch.zeros((1, 3), dtype=torch.long, device=self.device)
+        u0 = self.potential(zero, atoms, real=False).real[0]
+        return torch.sqrt(1 / wavelength**2 + u0), u0
+
     @property
     def centrosymmetric_at_origin(self) -> bool:
         """True when −x is a symmetry operator (then every U_g is real)."""

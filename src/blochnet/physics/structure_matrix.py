@@ -117,6 +117,26 @@ def structure_matrix(
     return a + torch.diag_embed(diag.to(a.dtype))
 
 
+def structure_matrices(
+    batch: BeamBatch,
+    potential: Tensor,
+    excitation: Tensor,
+    k: Tensor,
+    u0: Tensor,
+    absorption: float,
+    factor: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Elastic matrix A and, for κ = ``absorption`` > 0, the absorptive matrix A' with
+    U'_g = κ U_g (diagonal κ U₀); None without absorption."""
+    a = structure_matrix(batch, potential, excitation, k, factor)
+    if absorption <= 0:
+        return a, None
+    diagonal = (absorption * u0) * torch.ones_like(excitation)
+    return a, structure_matrix(
+        batch, absorption * potential, excitation, k, factor, diagonal=diagonal
+    )
+
+
 def _padding_values(diag: Tensor, mask: Tensor) -> Tensor:
     """Distinct values well above every real diagonal element for padded beams."""
     top = torch.where(mask, diag.abs(), torch.zeros_like(diag)).amax().detach() + 1.0
