@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from blochnet.refine.uncertainty import jacobian_columns, transposed_jacobian
+
 
 @dataclass
 class _Block:
@@ -69,15 +71,11 @@ def jacobian(model) -> tuple[Tensor, Tensor, list[_Block]]:
     """Residuals (n,) and Jacobian (n, P) over the physical parameters of ``model``."""
     blocks = _blocks(model)
     r = torch.cat([o.residuals() for o in model.objectives])
-    u = torch.zeros_like(r, requires_grad=True)
-    grads = torch.autograd.grad(r, [b.param for b in blocks], grad_outputs=u, create_graph=True)
+    u, grads = transposed_jacobian(r, [b.param for b in blocks])
     columns = []
     for block, grad in zip(blocks, grads, strict=True):
         if not block.per_frame:
-            flat = grad.reshape(-1)
-            columns += [
-                torch.autograd.grad(flat[k], u, retain_graph=True)[0] for k in range(flat.numel())
-            ]
+            columns += jacobian_columns(grad, u)
             continue
         grad2 = grad.reshape(grad.shape[0], -1)  # (frame, k)
         n_frames = grad2.shape[0]

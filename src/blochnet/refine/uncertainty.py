@@ -25,16 +25,27 @@ from torch import Tensor
 from blochnet.physics.lattice import uij_to_cartesian
 
 
+def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The differentiable graph g(u) = Jᵀu: returns u (zeros, requiring grad) and the
+    gradients of u·r with respect to each parameter; ∂(v·g)/∂u is then J v."""
+    u = torch.zeros_like(r, requires_grad=True)
+    return u, torch.autograd.grad(r, parameters, grad_outputs=u, create_graph=True)
+
+
+def jacobian_columns(g: Tensor, u: Tensor) -> list[Tensor]:
+    """J e_k for every element k of the flattened g = Jᵀu (one backward pass each)."""
+    flat = g.reshape(-1)
+    return [torch.autograd.grad(flat[k], u, retain_graph=True)[0] for k in range(flat.numel())]
+
+
 def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Residual vector r (n,) and its Jacobian (n, P) with respect to ``parameters``.
 
     ``residuals`` is a callable returning r; every parameter must require grad.
     """
     r = residuals()
-    u = torch.zeros_like(r, requires_grad=True)
-    grads = torch.autograd.grad(r, parameters, grad_outputs=u, create_graph=True)
-    g = torch.cat([x.reshape(-1) for x in grads])
-    columns = [torch.autograd.grad(g[k], u, retain_graph=True)[0] for k in range(len(g))]
+    u, grads = transposed_jacobian(r, parameters)
+    columns = jacobian_columns(torch.cat([x.reshape(-1) for x in grads]), u)
     return r.detach(), torch.stack(columns, dim=1).detach()
 
 
