@@ -158,6 +158,17 @@ def test_unknown_configuration_keys_are_refused(tmp_path):
     assert "n_tilt" in result.output and not (tmp_path / "out").exists()
 
 
+def _central_difference(objective, param, index, step=1e-6):
+    """∂r/∂param[index] of the objective's residuals by central differences."""
+    with torch.no_grad():
+        param[index] += step
+        plus = objective.residuals()
+        param[index] -= 2 * step
+        minus = objective.residuals()
+        param[index] += step
+    return (plus - minus) / (2 * step)
+
+
 def test_residual_jacobian_matches_finite_differences(synthetic):
     crystal, dataset = synthetic
     config = _config(
@@ -168,16 +179,9 @@ def test_residual_jacobian_matches_finite_differences(synthetic):
     params = [structure.xyz_shift, structure.adp_shift]
     r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), params)
     assert jac.shape == (len(r), sum(p.numel() for p in params))
-    step = 1e-6
     n_xyz = structure.xyz_shift.numel()
     for param, index, column in [(structure.xyz_shift, 0, 0), (structure.adp_shift, 2, n_xyz + 2)]:
-        with torch.no_grad():
-            param[index] += step
-            plus = model.objectives[0].residuals()
-            param[index] -= 2 * step
-            minus = model.objectives[0].residuals()
-            param[index] += step
-        numeric = (plus - minus) / (2 * step)
+        numeric = _central_difference(model.objectives[0], param, index)
         np.testing.assert_allclose(
             jac[:, column].numpy(),
             numeric.numpy(),
@@ -220,13 +224,7 @@ def test_jacobian_columns_of_per_frame_parameters_match_finite_differences(synth
     n_frames = orientation.shape[0]
     for frame, component in [(0, 0), (3, 2)]:
         column = n_struct + component * n_frames + frame
-        with torch.no_grad():
-            orientation[frame, component] += 1e-6
-            plus = model.objectives[0].residuals()
-            orientation[frame, component] -= 2e-6
-            minus = model.objectives[0].residuals()
-            orientation[frame, component] += 1e-6
-        numeric = (plus - minus) / 2e-6
+        numeric = _central_difference(model.objectives[0], orientation, (frame, component))
         np.testing.assert_allclose(
             jac[:, column].numpy(),
             numeric.numpy(),
