@@ -12,7 +12,14 @@ from blochnet.cli.main import app
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.dataset import FrameTable, ReflectionTable
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import FrameSimulator, rocking_directions, select_reflections
+from blochnet.experiment.frames import (
+    FrameSimulator,
+    grid_directions,
+    resolve_rocking,
+    rocking_directions,
+    select_reflections,
+    turned_beam,
+)
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
 from blochnet.experiment.pattern import simulate_pattern
 from blochnet.io.cif import read_structure
@@ -85,7 +92,7 @@ def test_continuous_rotation_samples_turn_about_the_goniometer_axis():
 def test_one_sampled_orientation_reproduces_the_single_pattern_calculation():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 2)
-    config = SimulationConfig(n_tilts=1, g_max=1.6, sg_max=0.05)
+    config = SimulationConfig(rocking="frame", n_tilts=1, g_max=1.6, sg_max=0.05)
     simulator = FrameSimulator(crystal, dataset, config)
     t = torch.tensor([[300.0, 700.0]] * 2, dtype=torch.float64)
     frame_values = simulator.intensities(simulator.model.atom_tensors(), t)
@@ -103,7 +110,7 @@ def test_one_sampled_orientation_reproduces_the_single_pattern_calculation():
 def test_thickness_samples_per_frame_are_independent():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 3)
-    simulator = FrameSimulator(crystal, dataset, SimulationConfig(n_tilts=3))
+    simulator = FrameSimulator(crystal, dataset, SimulationConfig(rocking="frame", n_tilts=3))
     atoms = simulator.model.atom_tensors()
     both = simulator.intensities(atoms, torch.tensor([[400.0, 900.0]] * 3, dtype=torch.float64))
     mixed = simulator.intensities(
@@ -170,7 +177,9 @@ def test_evaluate_command_refuses_two_thickness_options():
 def test_orientation_corrections_rotate_the_beam_and_carry_gradients():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 2)
-    simulator = FrameSimulator(crystal, dataset, SimulationConfig(n_tilts=1, sg_max=0.05))
+    simulator = FrameSimulator(
+        crystal, dataset, SimulationConfig(rocking="frame", n_tilts=1, sg_max=0.05)
+    )
     atoms = simulator.model.atom_tensors()
     t = torch.tensor([[500.0], [500.0]], dtype=torch.float64)
     zero = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
@@ -185,3 +194,71 @@ def test_orientation_corrections_rotate_the_beam_and_carry_gradients():
     other = torch.cross(beam, torch.tensor([[0.0, 0.0, 1.0]] * 2, dtype=torch.float64), dim=1)
     tilted = simulator.intensities(atoms, t, rotations=np.radians(0.05) * other)
     assert (tilted - unrotated).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["quartz", "glycine"])
+def test_rows_repeating_one_intensity_per_reflection_are_whole_rocking_curves(name):
+    _, dataset = _load(name)
+    assert dataset.repeats_intensities()
+    assert resolve_rocking(SimulationConfig(), dataset) == "integrated"
+    assert resolve_rocking(SimulationConfig(rocking="frame"), dataset) == "frame"
+    changed = dataclasses.replace(
+        dataset,
+        reflections=dataclasses.replace(
+            dataset.reflections, intensity=dataset.reflections.intensity * (1 + 1e-3 * np.arange(len(dataset.reflections)))
+        ),
+    )
+    assert not changed.repeats_intensities()
+    assert resolve_rocking(SimulationConfig(), changed) == "frame"
+
+
+def test_rotation_grid_points_belong_to_the_nearest_frame_and_turn_about_its_axis():
+    _, dataset = _load("glycine")
+    step = 0.05
+    alpha = dataset.frames.alpha
+    grid = np.round(alpha / step).astype(int)
+    directions, owner = grid_directions(dataset, grid, step)
+    assert np.array_equal(owner, np.arange(dataset.n_frames))
+    # at (the grid point nearest) its own angle a frame's sample is its beam direction
+    turn = np.degrees(np.arccos(np.clip(np.einsum("fi,fi->f", directions, beam_directions(dataset)), -1, 1)))
+    sin_axis = np.linalg.norm(np.cross(beam_directions(dataset), goniometer_axis_crystal(dataset)), axis=1)
+    assert np.allclose(turn, np.abs(grid * step - alpha) * sin_axis, atol=1e-6)
+    # half-way to the next frame the two frames' orientations agree (one continuous scan):
+    # turning the wrong way would leave them a whole frame step (1.8°) apart
+    d, a = beam_directions(dataset), goniometer_axis_crystal(dataset)
+    middle = np.radians((alpha[:-1] + alpha[1:]) / 2)
+    from_left = turned_beam(d[:-1], a[:-1], middle - np.radians(alpha[:-1]))
+    from_right = turned_beam(d[1:], a[1:], middle - np.radians(alpha[1:]))
+    cosine = np.clip(np.einsum("fi,fi->f", from_left, from_right), -1, 1)
+    assert np.all(np.degrees(np.arccos(cosine)) < 0.25)
+
+
+def test_integrated_rows_sum_their_reflection_over_the_grid_points_of_their_window():
+    crystal, dataset = _load("quartz")
+    dataset = _first_frames(dataset, 1)
+    config = SimulationConfig(
+        rocking="integrated", rocking_step=0.1, rocking_window=0.004, g_max=1.6, sg_max=0.05
+    )
+    simulator = FrameSimulator(crystal, dataset, config)
+    assert simulator.rocking == "integrated" and simulator.n_used > 5
+    t = [300.0, 700.0]
+    values = simulator.intensities(
+        simulator.model.atom_tensors(), torch.tensor([t], dtype=torch.float64)
+    ).numpy()
+    windows = simulator.windows
+    semi = dataset.frames.semi_angle[0]
+    for row in range(0, simulator.n_used, max(1, simulator.n_used // 4)):
+        hkl = tuple(dataset.reflections.hkl[simulator.used_rows[row]])
+        expected = np.zeros(2)
+        grid = np.arange(windows.start[row], windows.stop[row])
+        assert 1 <= len(grid) < 60
+        directions, _ = grid_directions(dataset, grid, config.rocking_step)
+        for d in directions:
+            uvw = np.linalg.solve(direct_matrix(crystal.cell), d)
+            pattern = simulate_pattern(
+                crystal, uvw, t, voltage=dataset.voltage, g_max=1.6, sg_max=0.05
+            )
+            index = {tuple(h): i for i, h in enumerate(pattern.hkl)}
+            expected += pattern.intensities.detach().numpy()[:, index[hkl]]
+        expected *= config.rocking_step / (2 * semi)
+        np.testing.assert_allclose(values[row], expected, rtol=1e-9, atol=1e-14)

@@ -36,7 +36,30 @@ class SimulationConfig(BaseModel):
 
     g_max: float = Field(2.0, gt=0, description="largest |g| of a beam in the Bloch matrix [Å⁻¹]")
     sg_max: float = Field(0.03, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
-    n_tilts: int = Field(41, ge=1, le=400, description="orientations sampled across each frame")
+    rocking: Literal["auto", "frame", "integrated"] = Field(
+        "auto",
+        description=(
+            "frame: a row is the intensity recorded within its frame (mean over n_tilts "
+            "orientations across the frame); integrated: a row is the reflection's whole "
+            "rocking curve, integrated along the rotation; auto: integrated for continuous "
+            "rotation data whose rows repeat one intensity per reflection, else frame"
+        ),
+    )
+    n_tilts: int = Field(
+        41, ge=1, le=400, description="orientations across each frame (frame rocking mode)"
+    )
+    rocking_step: float = Field(
+        0.05, gt=0, le=1, description="rotation step of the integrated rocking curves [deg]"
+    )
+    rocking_window: float = Field(
+        0.015, gt=0, le=0.1, description="|s_g| range integrated around each Bragg crossing [Å⁻¹]"
+    )
+    max_rocking_width: float = Field(
+        6.0,
+        gt=0,
+        le=45,
+        description="rows whose integration window is wider are not compared [deg]",
+    )
     absorption: float = Field(0.0, ge=0, description="κ in U'_g = κ U_g")
     scattering: Literal["lobato", "peng"] = "lobato"
     solver: Literal["eigh", "eig", "expm"] = "eigh"

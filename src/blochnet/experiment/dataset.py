@@ -139,3 +139,27 @@ class Dataset:
         order = np.argsort(self.frames.id)
         pos = np.searchsorted(self.frames.id, self.reflections.frame_id, sorter=order)
         return order[np.clip(pos, 0, len(order) - 1)]
+
+    def repeats_intensities(self) -> bool:
+        """Whether rows carry whole-reflection intensities repeated in every frame listing them.
+
+        True when at least one hkl is listed in more than one frame and every such hkl has
+        the same intensity and s.u. in all its frames: each row is then the integral over
+        the reflection's whole rocking curve, not the part recorded within the frame (PETS2
+        with "sum all intensities", DIALS' PETS export).
+        """
+        refl = self.reflections
+        if len(refl) == 0:
+            return False
+        _, group, counts = np.unique(refl.hkl, axis=0, return_inverse=True, return_counts=True)
+        group = group.reshape(-1)
+        if counts.max() < 2:
+            return False
+        for values in (refl.intensity, refl.sigma):
+            lo = np.full(len(counts), np.inf)
+            hi = np.full(len(counts), -np.inf)
+            np.minimum.at(lo, group, values)
+            np.maximum.at(hi, group, values)
+            if np.any(hi - lo > 1e-9 * np.maximum(np.abs(hi), 1.0)):
+                return False
+        return True

@@ -1,13 +1,23 @@
 """Simulation of the virtual frames of a 3D-ED data set.
 
-Each frame integrates its rocking curve: it is sampled by ``n_tilts`` orientations
-(continuous rotation: tilts about the goniometer axis at the midpoints of n equal steps
-across ± the integration semi-angle; precession: n azimuths of the beam on the cone of the
-precession angle). Each orientation gets its own beam set (|g| ≤ g_max, |s_g| ≤ sg_max,
-plus every reflection of the frame that is compared with the data). Orientations of
-similar beam count are solved together (one eigendecomposition each, grouped layout of
-:mod:`blochnet.physics.structure_matrix`), and the frame's intensity of a reflection is the
-mean over its orientations.
+Two ways of integrating the rocking curve (``SimulationConfig.rocking``):
+
+* ``frame``: a row is what its frame recorded. The frame's range is sampled by ``n_tilts``
+  orientations (continuous rotation: tilts about the goniometer axis at the midpoints of n
+  equal steps across ± the integration semi-angle; precession: n azimuths of the beam on
+  the cone of the precession angle) and a row's intensity is the mean over them.
+* ``integrated``: a row is the reflection's whole rocking curve, as written by PETS2 with
+  "sum all intensities" and by DIALS' PETS export (the same intensity in every frame that
+  lists the reflection). The rotation is sampled on one grid of ``rocking_step`` for the
+  whole data set; a sample belongs to the frame with the nearest rotation angle (whose
+  orientation, correction and thickness it uses), and a row is the sum of its reflection's
+  intensity over the samples where |s_g| ≤ ``rocking_window`` around the Bragg crossing
+  closest to its frame, times the step, divided by the frame's range 2Δ (so both modes
+  give comparable numbers). Samples are shared by every row that needs them.
+
+Each orientation gets its own beam set (|g| ≤ g_max, |s_g| ≤ sg_max, plus every reflection
+compared there). Orientations of similar beam count are solved together (one
+eigendecomposition each, grouped layout of :mod:`blochnet.physics.structure_matrix`).
 
 Thickness enters as samples per frame, ``thickness`` (frame, sample): every sample costs
 one matrix–vector product on the same eigendecomposition, so a thickness distribution (or
@@ -83,13 +93,102 @@ def rocking_directions(dataset: Dataset, n_tilts: int) -> np.ndarray:
         phi = 2 * np.pi * np.arange(n_tilts) / n_tilts
         ring = np.cos(phi)[None, :, None] * e1[:, None] + np.sin(phi)[None, :, None] * e2[:, None]
         return np.cos(semi)[..., None] * d[:, None] + np.sin(semi)[..., None] * ring
-    # continuous rotation: the crystal turns by δ about the goniometer axis a, so the beam
-    # turns by −δ about a in the crystal frame (Rodrigues' formula).
-    delta = -semi * ((np.arange(n_tilts) + 0.5) * 2 / n_tilts - 1)[None, :]
+    offsets = semi * ((np.arange(n_tilts) + 0.5) * 2 / n_tilts - 1)[None, :]
     a = goniometer_axis_crystal(dataset)[:, None, :]
-    dd = np.broadcast_to(d[:, None, :], a.shape[:2] + (3,))
-    cos, sin = np.cos(delta)[..., None], np.sin(delta)[..., None]
-    return dd * cos + np.cross(a, dd) * sin + a * np.sum(a * dd, -1, keepdims=True) * (1 - cos)
+    return turned_beam(d[:, None, :], a, offsets)
+
+
+def turned_beam(direction: np.ndarray, axis: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Beam directions (crystal frame) after the crystal turns by ``delta`` [rad] about ``axis``.
+
+    The crystal turning by δ about the goniometer axis a turns the beam by −δ about a in the
+    crystal frame (Rodrigues' formula); arrays broadcast, vectors on the last axis.
+    """
+    cos, sin = np.cos(-delta)[..., None], np.sin(-delta)[..., None]
+    d = np.broadcast_to(direction, np.broadcast_shapes(direction.shape, axis.shape))
+    return d * cos + np.cross(axis, d) * sin + axis * np.sum(axis * d, -1, keepdims=True) * (1 - cos)
+
+
+def resolve_rocking(config: SimulationConfig, dataset: Dataset) -> str:
+    """``frame`` or ``integrated`` for ``config.rocking`` on this data set (see module doc)."""
+    if config.rocking != "auto":
+        return config.rocking
+    if dataset.geometry == "continuous rotation" and dataset.repeats_intensities():
+        return "integrated"
+    return "frame"
+
+
+@dataclass
+class RockingWindows:
+    """Integration windows of the compared rows on the data set's rotation grid.
+
+    ``start`` and ``stop`` (used,) are grid indices (φ = index·step) of each row's window
+    [start, stop); ``reason`` (used,) is '' where the window is usable, else why not.
+    """
+
+    start: np.ndarray
+    stop: np.ndarray
+    reason: np.ndarray
+
+
+def rocking_windows(
+    dataset: Dataset, rows: np.ndarray, config: SimulationConfig
+) -> RockingWindows:
+    """Window of every row in ``rows`` around the Bragg crossing closest to its frame.
+
+    Candidates are the grid points within ± ``max_rocking_width`` of the frame's angle; the
+    window is the run of consecutive points with |s_g| ≤ ``rocking_window`` around the point
+    of smallest |s_g|. A row is not usable when its reflection does not come that close to
+    the Ewald sphere, or when the run reaches the end of the candidates (a rocking curve
+    wider than the limit: reflections near the rotation axis).
+    """
+    step = np.radians(config.rocking_step)
+    reach = np.radians(config.max_rocking_width)
+    n_c = int(np.ceil(2 * reach / step)) + 1
+    frame = dataset.frame_index()[rows]
+    alpha = np.radians(dataset.frames.alpha)
+    first = np.round((alpha[frame] - reach) / step).astype(np.int64)
+    grid = first[:, None] + np.arange(n_c)[None, :]  # (used, cand)
+    directions, _ = grid_directions(dataset, grid, config.rocking_step)
+    g = dataset.reflections.hkl[rows] @ reciprocal_matrix(dataset.cell).T
+    k0 = 1.0 / dataset.wavelength
+    s = -(2 * k0 * np.einsum("rci,ri->rc", directions, g) + np.sum(g**2, 1)[:, None]) / (2 * k0)
+    inside = np.abs(s) <= config.rocking_window
+    centre = np.argmin(np.abs(s), axis=1)
+    idx = np.arange(n_c)[None, :]
+    outside = ~inside
+    left = np.where(outside & (idx < centre[:, None]), idx, -1).max(axis=1)
+    right = np.where(outside & (idx > centre[:, None]), idx, n_c).min(axis=1)
+    reason = np.full(len(rows), "", dtype=object)
+    reason[(left < 0) | (right >= n_c)] = (
+        f"rocking curve wider than ±{config.max_rocking_width:g}° (near the rotation axis)"
+    )
+    reason[~inside[np.arange(len(rows)), centre]] = (
+        f"no Bragg crossing within ±{config.max_rocking_width:g}° of the frame"
+    )
+    return RockingWindows(first + left + 1, first + right, reason)
+
+
+def grid_directions(
+    dataset: Dataset, grid: np.ndarray, step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beam directions (..., 3) at rotation-grid indices ``grid`` (...) and owning frames (...).
+
+    A grid point φ = index·``step`` [deg] belongs to the frame of nearest angle α and is that
+    frame's orientation turned by φ − α about the goniometer axis.
+    """
+    alpha = np.asarray(dataset.frames.alpha, dtype=float)
+    order = np.argsort(alpha, kind="stable")
+    phi = grid * step
+    pos = np.clip(np.searchsorted(alpha[order], phi), 1, len(order) - 1) if len(order) > 1 else 0
+    if len(order) > 1:
+        lower, upper = order[pos - 1], order[pos]
+        owner = np.where(np.abs(phi - alpha[lower]) <= np.abs(alpha[upper] - phi), lower, upper)
+    else:
+        owner = np.zeros(np.shape(grid), dtype=np.int64)
+    d = beam_directions(dataset)[owner]
+    a = goniometer_axis_crystal(dataset)[owner]
+    return turned_beam(d, a, np.radians(phi - alpha[owner])), owner
 
 
 @dataclass
@@ -100,16 +199,28 @@ class _Group:
     obs_orient: Tensor  # (m,) orientation row of each (orientation, observation) pair
     obs_beam: Tensor  # (m,) beam column
     obs_row: Tensor  # (m,) index into the used observations
+    obs_weight: Tensor  # (m,) weight of the pair in the row's intensity
+
+
+@dataclass
+class _Orientation:
+    direction: np.ndarray  # (3,) beam direction, crystal frame
+    frame: int  # frame whose thickness and orientation correction it uses
+    beams: np.ndarray  # (beam, 3) hkl
+    columns: np.ndarray  # (pair,) beam column of each compared row
+    rows: np.ndarray  # (pair,) used-row index
+    weights: np.ndarray  # (pair,)
 
 
 class FrameSimulator:
-    """Integrated intensities of the compared observations of every frame.
+    """Intensities of the compared observations of every frame.
 
     Parameters
     ----------
     crystal : the structure (its cell should be the data set's; see ``check_cell``).
     dataset : frames, orientations and observations.
-    config : physics settings; ``config.selection`` decides which rows are compared.
+    config : physics settings; ``config.selection`` decides which rows are compared and
+        ``config.rocking`` how a row integrates the rocking curve (see the module doc).
     dtype, device : precision and device of the tensors.
     """
 
@@ -131,59 +242,138 @@ class FrameSimulator:
             dtype=dtype,
             device=device,
         )
+        self.rocking = resolve_rocking(self.config, dataset)
         self.selection = select_reflections(dataset, self.config.selection)
+        windows = None
+        if self.rocking == "integrated":
+            rows = np.flatnonzero(self.selection.used)
+            windows = rocking_windows(dataset, rows, self.config)
+            self.selection.reason[rows] = windows.reason
+            self.selection.used[rows] = windows.reason == ""
+            keep = windows.reason == ""
+            windows = RockingWindows(windows.start[keep], windows.stop[keep], windows.reason[keep])
+            self.selection.rule += (
+                f"; whole rocking curves: |s_g| ≤ {self.config.rocking_window:g} Å⁻¹ around"
+                f" the Bragg crossing, step {self.config.rocking_step:g}°"
+            )
+        self.windows = windows  # integration window of every used row (integrated mode)
         self.used_rows = np.flatnonzero(self.selection.used)
         self.frame_of_used = dataset.frame_index()[self.used_rows]
-        self.directions = rocking_directions(dataset, self.config.n_tilts)
-        self.groups = self._build_groups()
+        if windows is None:
+            self.directions = rocking_directions(dataset, self.config.n_tilts)
+            orientations = self._frame_orientations()
+        else:
+            orientations = self._integrated_orientations(windows)
+        self.groups = self._build_groups(orientations)
+        pairs = np.unique(
+            np.concatenate(
+                [np.stack([o.rows, np.full(len(o.rows), o.frame)], 1) for o in orientations]
+                + [np.stack([np.arange(self.n_used), self.frame_of_used], 1)]
+            ),
+            axis=0,
+        )
+        # (pair, 2): (used row, frame) whenever the row's intensity uses that frame's
+        # orientation or thickness (its own frame; in integrated mode also neighbours)
+        self.dependencies = pairs
 
     @property
     def n_used(self) -> int:
         return len(self.used_rows)
 
-    def _build_groups(self) -> list[_Group]:
-        cfg, ds, dev = self.config, self.dataset, self.model.device
-        k0 = 1.0 / ds.wavelength
+    def _beam_table(self):
+        """Candidate beams: hkl (n, 3), g (n, 3), |g|² (n,), |g| ≤ g_max (n,), row index (used,)."""
         b = reciprocal_matrix(self.model.crystal.cell)
-        hkl_obs = ds.reflections.hkl[self.used_rows]
+        hkl_obs = self.dataset.reflections.hkl[self.used_rows]
         g_obs_max = float(np.linalg.norm(hkl_obs @ b.T, axis=1).max(initial=0.0))
-        hkl_all = reciprocal_lattice_points(self.model.crystal.cell, max(cfg.g_max, g_obs_max))
+        hkl_all = reciprocal_lattice_points(
+            self.model.crystal.cell, max(self.config.g_max, g_obs_max)
+        )
         g_all = hkl_all @ b.T
         g2 = np.sum(g_all**2, 1)
-        candidate = np.sqrt(g2) <= cfg.g_max
-        obs_index = _row_index(hkl_all, hkl_obs)
-        n_frames, n_tilts = self.directions.shape[:2]
-        beam_sets, obs_lists, frames, dirs = [], [], [], []
-        for f in range(n_frames):
+        return hkl_all, g_all, g2, np.sqrt(g2) <= self.config.g_max, _row_index(hkl_all, hkl_obs)
+
+    def _frame_orientations(self) -> list[_Orientation]:
+        cfg, k0 = self.config, 1.0 / self.dataset.wavelength
+        hkl_all, g_all, g2, candidate, obs_index = self._beam_table()
+        out = []
+        for f in range(self.directions.shape[0]):
             rows = np.flatnonzero(self.frame_of_used == f)
             s = -(2 * k0 * g_all @ self.directions[f].T + g2[:, None]) / (2 * k0)  # (hkl, tilt)
             keep = candidate[:, None] & (np.abs(s) <= cfg.sg_max)
             keep[0] = True  # the incident beam
             keep[obs_index[rows]] = True
             position = np.cumsum(keep, axis=0) - 1
-            for j in range(n_tilts):
-                beam_sets.append(hkl_all[keep[:, j]])
-                obs_lists.append((position[obs_index[rows], j], rows))
-                frames.append(f)
-                dirs.append(self.directions[f, j])
-        groups = []
-        for members in group_by_size([len(b) for b in beam_sets], tolerance=0.1):
-            batch = BeamBatch.from_lists([beam_sets[i] for i in members], device=dev)
-            orient = np.concatenate(
-                [np.full(len(obs_lists[i][1]), n) for n, i in enumerate(members)]
+            weights = np.full(len(rows), 1.0 / cfg.n_tilts)
+            for j in range(self.directions.shape[1]):
+                out.append(
+                    _Orientation(
+                        self.directions[f, j],
+                        f,
+                        hkl_all[keep[:, j]],
+                        position[obs_index[rows], j],
+                        rows,
+                        weights,
+                    )
+                )
+        return out
+
+    def _integrated_orientations(self, windows: RockingWindows) -> list[_Orientation]:
+        cfg, ds, k0 = self.config, self.dataset, 1.0 / self.dataset.wavelength
+        hkl_all, g_all, g2, candidate, obs_index = self._beam_table()
+        length = windows.stop - windows.start
+        pair_row = np.repeat(np.arange(self.n_used), length)
+        pair_grid = np.repeat(windows.start - np.cumsum(length) + length, length) + np.arange(
+            int(length.sum())
+        )
+        semi = ds.frames.semi_angle[self.frame_of_used]
+        pair_weight = (cfg.rocking_step / (2 * semi))[pair_row]
+        grid, inverse = np.unique(pair_grid, return_inverse=True)
+        directions, owner = grid_directions(ds, grid, cfg.rocking_step)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(grid) + 1))
+        out = []
+        for j in range(len(grid)):
+            pairs = order[bounds[j] : bounds[j + 1]]
+            rows = pair_row[pairs]
+            s = -(2 * k0 * g_all @ directions[j] + g2) / (2 * k0)
+            keep = candidate & (np.abs(s) <= cfg.sg_max)
+            keep[0] = True
+            keep[obs_index[rows]] = True
+            position = np.cumsum(keep) - 1
+            out.append(
+                _Orientation(
+                    directions[j],
+                    int(owner[j]),
+                    hkl_all[keep],
+                    position[obs_index[rows]],
+                    rows,
+                    pair_weight[pairs],
+                )
             )
-            cols = np.concatenate([obs_lists[i][0] for i in members])
-            rows = np.concatenate([obs_lists[i][1] for i in members])
+        return out
+
+    def _build_groups(self, orientations: list[_Orientation]) -> list[_Group]:
+        dev, dtype = self.model.device, self.model.dtype
+        groups = []
+        for members in group_by_size([len(o.beams) for o in orientations], tolerance=0.1):
+            chosen = [orientations[i] for i in members]
+            batch = BeamBatch.from_lists([o.beams for o in chosen], device=dev)
+            orient = np.concatenate([np.full(len(o.rows), n) for n, o in enumerate(chosen)])
+
+            def cat(name, chosen=chosen):
+                return np.concatenate([getattr(o, name) for o in chosen])
+
             groups.append(
                 _Group(
                     batch=batch,
                     directions=torch.as_tensor(
-                        np.array([dirs[i] for i in members]), dtype=self.model.dtype, device=dev
+                        np.array([o.direction for o in chosen]), dtype=dtype, device=dev
                     ),
-                    frame=torch.as_tensor([frames[i] for i in members], device=dev),
+                    frame=torch.as_tensor([o.frame for o in chosen], device=dev),
                     obs_orient=torch.as_tensor(orient, dtype=torch.long, device=dev),
-                    obs_beam=torch.as_tensor(cols, dtype=torch.long, device=dev),
-                    obs_row=torch.as_tensor(rows, dtype=torch.long, device=dev),
+                    obs_beam=torch.as_tensor(cat("columns"), dtype=torch.long, device=dev),
+                    obs_row=torch.as_tensor(cat("rows"), dtype=torch.long, device=dev),
+                    obs_weight=torch.as_tensor(cat("weights"), dtype=dtype, device=dev),
                 )
             )
         return groups
@@ -198,9 +388,10 @@ class FrameSimulator:
         thickness: Tensor,
         *,
         rotations: Tensor | None = None,
+        weights: Tensor | None = None,
         progress=None,
     ) -> Tensor:
-        """Frame-integrated intensities of the compared observations at each thickness sample.
+        """Intensities of the compared observations at each thickness sample.
 
         Parameters
         ----------
@@ -210,16 +401,20 @@ class FrameSimulator:
             the Cartesian crystal frame applied to every beam direction of the frame (the beam
             sets stay those of the file's orientation, so keep corrections well below the
             frame's semi-angle).
+        weights : Tensor (frame, sample) or None: weights of the thickness samples (a
+            distribution per frame); each orientation uses those of its own frame.
         progress : optional callable(n_orientations_done) for progress display.
 
         Returns
         -------
-        Tensor (used, sample): the mean over each frame's orientations, in units of the
-        incident beam; rows follow ``self.used_rows``.
+        Tensor (used, sample), each row's rocking-curve integral (see the module doc) at each
+        thickness sample, in units of the incident beam; with ``weights``, (used,): the
+        weighted sum over samples. Rows follow ``self.used_rows``.
         """
         model = self.model
         k, u0 = model.wavevector(atoms, self.dataset.wavelength)
-        out = torch.zeros(self.n_used, thickness.shape[1], dtype=model.dtype, device=model.device)
+        width = 1 if weights is not None else thickness.shape[1]
+        out = torch.zeros(self.n_used, width, dtype=model.dtype, device=model.device)
         for group in self.groups:
             batch = group.batch
             u = model.potential(batch.differences, atoms)
@@ -235,10 +430,12 @@ class FrameSimulator:
                 a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver
             )
             values = intensity[group.obs_orient, :, group.obs_beam]  # (m, sample)
-            out = out.index_add(0, group.obs_row, values)
+            if weights is not None:
+                values = (values * weights[group.frame][group.obs_orient]).sum(1, keepdim=True)
+            out = out.index_add(0, group.obs_row, values * group.obs_weight[:, None])
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
-        return out / self.config.n_tilts
+        return out[:, 0] if weights is not None else out
 
 
 def rotation_matrices(vectors: Tensor) -> Tensor:

@@ -324,20 +324,24 @@ def _simulate_rows(crystal, dataset, samples, weights, config, progress, dtype, 
         raise ConfigurationError("no reflection rows to simulate (raise the resolution?)")
     g = np.linalg.norm(dataset.reflections.hkl @ reciprocal_matrix(dataset.cell).T, axis=1)
     every_row = SelectionRule(g_max=float(g.max()) * (1 + 1e-9), rsg_max=1e12)
-    config = (config or SimulationConfig()).model_copy(update={"selection": every_row})
+    config = config or SimulationConfig()
+    # generated rows are what each frame records, unless whole rocking curves are asked for
+    rocking = "frame" if config.rocking == "auto" else config.rocking
+    config = config.model_copy(update={"selection": every_row, "rocking": rocking})
     simulator = FrameSimulator(crystal, dataset, config, dtype=dtype, device=device)
     if simulator.n_used != len(dataset.reflections):
         raise ConfigurationError(f"rows that cannot be simulated: {simulator.selection.counts()}")
     total = simulator.n_orientations
     with torch.no_grad():
-        per_sample = simulator.intensities(
+        as_t = lambda x: torch.as_tensor(x, dtype=dtype, device=simulator.model.device)  # noqa: E731
+        mean = simulator.intensities(
             simulator.model.atom_tensors(),
-            torch.as_tensor(samples, dtype=dtype, device=simulator.model.device),
+            as_t(samples),
+            weights=as_t(weights),
             progress=None if progress is None else (lambda n: progress(n, total)),
         )
     intensity = np.zeros(len(dataset.reflections))
-    per_sample = per_sample.cpu().double().numpy()
-    intensity[simulator.used_rows] = np.sum(per_sample * weights[simulator.frame_of_used], 1)
+    intensity[simulator.used_rows] = mean.cpu().double().numpy()
     return config, intensity
 
 

@@ -3,10 +3,13 @@
 The Jacobian J = ∂r/∂p of the weighted residuals is built from one vector–Jacobian graph
 g(u) = Jᵀu (see :func:`~blochnet.refine.uncertainty.residual_jacobian`): a column costs one
 backward pass through that graph. Per-frame parameters (orientation rotation vectors, a
-per-frame thickness) affect only their own frame's residuals, so one pass along "component
-c of every frame" gives that component's column for every frame at once (rows split by
-frame): the whole Jacobian costs (structure parameters + per-frame components) passes,
-independent of the number of frames.
+per-frame thickness) affect only the residuals of the rows that use their frame (its own
+rows; in integrated rocking mode also rows of neighbouring frames whose rocking curves
+reach into it). Frames are coloured so that no row uses two frames of one colour; one pass
+along "component c of every frame of colour k" then gives the columns of all those frames
+at once (each row's value belongs to its one frame of that colour): the whole Jacobian
+costs (structure parameters + colours × per-frame components) passes, independent of the
+number of frames.
 
 Step: (JᵀJ + λ diag JᵀJ) δ = −Jᵀr; accepted when the objective drops (λ /= 3), otherwise
 rejected (λ *= 4). Convergence as a crystallographer judges it: max |δ|/s.u. < 0.01 and no
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,7 +31,18 @@ from blochnet.refine.uncertainty import jacobian_columns, transposed_jacobian
 class _Block:
     param: Tensor
     per_frame: bool  # shape (frame, k): columns per (frame, component)
-    frame_of_row: Tensor | None = None
+    uses: Tensor | None = None  # (row, frame) bool: the row's residual depends on the frame
+    colour: np.ndarray | None = None  # (frame,) colour of each frame
+
+
+def frame_colours(uses: np.ndarray) -> np.ndarray:
+    """Greedy colouring of frames such that no row uses two frames of the same colour."""
+    conflict = (uses.T.astype(np.int64) @ uses.astype(np.int64)) > 0
+    colour = np.full(uses.shape[1], -1)
+    for f in range(uses.shape[1]):
+        taken = set(colour[conflict[f] & (colour >= 0)].tolist())
+        colour[f] = next(c for c in range(uses.shape[1] + 1) if c not in taken)
+    return colour
 
 
 @dataclass
@@ -39,31 +54,47 @@ class LMRecord:
     accepted: bool
 
 
+def _uses(objective) -> np.ndarray:
+    """(fit row, frame) bool: which frames each fit residual of ``objective`` depends on.
+
+    A row depends on the frames its intensity uses and, through the closed-form scale of
+    its frame, on those used by any fit row of the same frame.
+    """
+    sim = objective.simulator
+    fit = objective.fit.cpu().numpy()
+    frame = sim.frame_of_used
+    rows, frames = sim.dependencies[:, 0], sim.dependencies[:, 1]
+    through_scale = np.zeros((objective.n_frames, objective.n_frames), dtype=bool)
+    keep = fit[rows]
+    through_scale[frame[rows[keep]], frames[keep]] = True
+    uses = through_scale[frame]
+    uses[rows, frames] = True
+    return uses[fit]
+
+
 def _blocks(model) -> list[_Block]:
     """The physical parameters of a refinement: structure (dense) and per-frame ones."""
-    rows = torch.cat(
-        [
-            o.frame[o.fit] + sum(p.n_frames for p in model.objectives[:i])
-            for i, o in enumerate(model.objectives)
-        ]
-    )
+    n_rows = [int(o.fit.sum()) for o in model.objectives]
     blocks = [
         _Block(p, False)
         for p in (model.structure.xyz_shift, model.structure.adp_shift, model.structure.occ_shift)
         if p.requires_grad and p.numel()
     ]
     for i, objective in enumerate(model.objectives):
-        offset = sum(o.n_frames for o in model.objectives[:i])
-        local = rows - offset
-        for param in (objective.orientation, getattr(objective.thickness, "log_ratio", None)):
-            if param is not None and param.requires_grad:
-                blocks.append(
-                    _Block(
-                        param,
-                        True,
-                        torch.where((local >= 0) & (local < objective.n_frames), local, -1),
-                    )
-                )
+        params = [objective.orientation, getattr(objective.thickness, "log_ratio", None)]
+        params = [p for p in params if p is not None and p.requires_grad]
+        blocks += [_Block(p, False) for p in params if p.ndim == 0]  # one global thickness
+        params = [p for p in params if p.ndim >= 1]
+        if not params:
+            continue
+        local = _uses(objective)
+        uses = np.zeros((sum(n_rows), objective.n_frames), dtype=bool)
+        start = sum(n_rows[:i])
+        uses[start : start + n_rows[i]] = local
+        colour = frame_colours(local)
+        device = objective.i_obs.device
+        for param in params:
+            blocks.append(_Block(param, True, torch.as_tensor(uses, device=device), colour))
     return blocks
 
 
@@ -78,12 +109,14 @@ def jacobian(model) -> tuple[Tensor, Tensor, list[_Block]]:
             columns += jacobian_columns(grad, u)
             continue
         grad2 = grad.reshape(grad.shape[0], -1)  # (frame, k)
-        n_frames = grad2.shape[0]
-        frame = block.frame_of_row
+        colour = torch.as_tensor(block.colour, device=grad2.device)
         for c in range(grad2.shape[1]):
-            summed = torch.autograd.grad(grad2[:, c].sum(), u, retain_graph=True)[0]
-            for f in range(n_frames):
-                columns.append(torch.where(frame == f, summed, torch.zeros_like(summed)))
+            column = torch.zeros(len(u), grad2.shape[0], dtype=u.dtype, device=u.device)
+            for k in range(int(block.colour.max()) + 1):
+                chosen = colour == k
+                summed = torch.autograd.grad(grad2[chosen, c].sum(), u, retain_graph=True)[0]
+                column[:, chosen] = torch.where(block.uses[:, chosen], summed[:, None], 0.0)
+            columns += list(column.unbind(1))
     return r.detach(), torch.stack(columns, dim=1).detach(), blocks
 
 

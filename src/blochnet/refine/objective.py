@@ -67,10 +67,9 @@ class Objective(nn.Module):
     def calculated(self) -> tuple[Tensor, Tensor]:
         """Unscaled Ic (used,) and the fit-set scales (frame,)."""
         samples, weights = self.thickness()
-        per_sample = self.simulator.intensities(
-            self.structure.atoms(), samples, rotations=self.orientation
+        ic = self.simulator.intensities(
+            self.structure.atoms(), samples, rotations=self.orientation, weights=weights
         )
-        ic = (per_sample * weights[self.frame]).sum(1)
         fit = self.fit
         scales = optimal_scales(
             self.i_obs[fit], self.sigma[fit], ic[fit], self.frame[fit], self.n_frames
