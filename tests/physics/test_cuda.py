@@ -62,7 +62,7 @@ def test_cuda_frame_simulation_and_refinement_step_match_cpu():
 
     dataset = read_pets(example_dataset_path("quartz"))
     crystal = read_structure(example_path("quartz"))
-    config = RefineConfig(simulation=SimulationConfig(n_tilts=3))
+    config = RefineConfig(simulation=SimulationConfig(n_tilts=3), auto_setup=False)
     losses, grads = [], []
     for device in ("cpu", "cuda"):
         model = build_refinement(crystal, [dataset], config, device=device)

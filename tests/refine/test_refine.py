@@ -54,6 +54,7 @@ def _config(**changes):
         thickness=ThicknessConfig(kind="global", t0=500.0),
         learning_rates=LearningRates(xyz=5e-4, adp=0.0, orientation=0.0, thickness=0.0),
         refine_orientation=False,
+        auto_setup=False,
     )
     return base.model_copy(update=changes)
 
@@ -281,3 +282,16 @@ def test_levenberg_marquardt_recovers_position_and_thickness_in_a_few_steps(synt
     assert _distance(crystal, refined, crystal) < 0.005
     thickness = model.objectives[0].thickness.summary()["mean"]
     np.testing.assert_allclose(thickness, 500.0, rtol=0.02)
+
+
+def test_setup_finds_the_thickness_and_checks_convergence_of_what_is_not_fixed(synthetic):
+    from blochnet.refine.setup import choose_settings
+
+    crystal, dataset = synthetic
+    setup = choose_settings(crystal, [dataset], SIMULATION, t0=None, fixed={"n_tilts"})
+    assert setup.t0 == [500.0]  # the simulated thickness, on the scan's 100 Å grid
+    assert setup.simulation.n_tilts == SIMULATION.n_tilts  # fixed by the user: kept
+    text = "\n".join(setup.lines)
+    assert "starting thickness 500 Å" in text and "beams" in text and "tilts" not in text
+    kept = choose_settings(crystal, [dataset], SIMULATION, t0=650.0, fixed={"g_max", "n_tilts"})
+    assert kept.t0 == [650.0] and kept.lines == [] and kept.simulation == SIMULATION

@@ -31,15 +31,24 @@ def evaluate(
         tuple[float, float, int] | None,
         typer.Option(help="TMIN TMAX N: scan N thicknesses [Å]", show_default=False),
     ] = None,
-    n_tilts: Annotated[int, typer.Option(help="orientations sampled across each frame")] = 41,
+    rocking: Annotated[
+        str, typer.Option(help="auto, frame or integrated (whole rocking curves per row)")
+    ] = "auto",
+    n_tilts: Annotated[int, typer.Option(help="orientations across each frame (frame mode)")] = 41,
+    rocking_step: Annotated[
+        float, typer.Option(help="rotation step for whole rocking curves [deg]")
+    ] = 0.05,
     g_max: Annotated[float, typer.Option(help="largest |g| of a beam [Å⁻¹]")] = 2.0,
     sg_max: Annotated[float, typer.Option(help="largest |s_g| of a beam [Å⁻¹]")] = 0.03,
-    score_g_max: Annotated[float, typer.Option(help="resolution limit for scoring [Å⁻¹]")] = 1.4,
-    rsg_max: Annotated[float, typer.Option(help="largest RSg of a compared reflection")] = 0.6,
+    score_g_max: Annotated[float, typer.Option(help="resolution limit for scoring [Å⁻¹]")] = 1.6,
+    rsg_max: Annotated[
+        float | None,
+        typer.Option(help="largest RSg of a compared reflection (default 0.6 in frame mode)"),
+    ] = None,
     absorption: Annotated[float, typer.Option(help="κ in U'_g = κ U_g")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
     import numpy as np
     import torch
@@ -62,7 +71,9 @@ def evaluate(
     config = SimulationConfig(
         g_max=g_max,
         sg_max=sg_max,
+        rocking=rocking,
         n_tilts=n_tilts,
+        rocking_step=rocking_step,
         absorption=absorption,
         selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
     )

@@ -31,7 +31,7 @@ def refine(
     resume: Annotated[bool, typer.Option(help="continue from DIR/checkpoint.pt")] = False,
     quiet: Annotated[bool, typer.Option(help="no per-epoch output")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
     import torch
     from rich.console import Console
@@ -82,6 +82,7 @@ def refine(
         resume=resume,
         report=report,
         lm_report=lm_report,
+        setup_report=None if quiet else (lambda line: console.print(f"setup: {line}")),
     )
     r = result.report
     Console().print(

@@ -13,20 +13,44 @@ from pydantic import BaseModel, ConfigDict, Field
 class SelectionRule(BaseModel):
     """Which observed reflections enter the comparison with the simulation.
 
-    A reflection observed in a frame is compared when its resolution |g| ≤ ``g_max`` and
-    its excitation-error ratio RSg = |s_g| / (|g| Δ) ≤ ``rsg_max``, with s_g at the frame's
-    central orientation and Δ the frame's integration semi-angle (continuous rotation) or
-    precession angle [rad] (JANA2020's RSg, Palatinus et al. 2015, Acta Cryst. A71, 235,
-    doi:10.1107/S2053273315001266). Every excluded observation is counted with its reason.
+    A reflection observed in a frame is compared when its resolution |g| ≤ ``g_max`` and it
+    was excited in that frame:
+
+    * rows recording what their frame saw (``frame`` rocking mode): its excitation-error
+      ratio RSg = |s_g| / (|g| Δ) ≤ ``rsg_max`` (0.6 when not set), with s_g at the frame's
+      central orientation and Δ the frame's integration semi-angle (continuous rotation) or
+      precession angle [rad] (JANA2020's RSg, Palatinus et al. 2015, Acta Cryst. A71, 235,
+      doi:10.1107/S2053273315001266);
+    * rows holding whole rocking curves (``integrated`` mode): its Bragg crossing lies
+      within ``crossing_max`` · Δ of the frame's rotation angle (and RSg ≤ ``rsg_max``
+      only when that is set).
+
+    Every excluded observation is counted with its reason.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    g_max: float = Field(1.4, gt=0, description="resolution limit for scoring [Å⁻¹]")
-    rsg_max: float = Field(0.6, gt=0, description="largest |s_g| / (|g| Δ)")
+    g_max: float = Field(1.6, gt=0, description="resolution limit for scoring [Å⁻¹]")
+    rsg_max: float | None = Field(
+        None, gt=0, description="largest |s_g| / (|g| Δ); None: 0.6 for frame rows, unused else"
+    )
+    crossing_max: float = Field(
+        1.0, gt=0, description="largest |φ_Bragg − α| / Δ of a whole-rocking-curve row"
+    )
 
-    def describe(self) -> str:
-        return f"|g| ≤ {self.g_max:g} Å⁻¹ and RSg = |s_g|/(|g|·Δ) ≤ {self.rsg_max:g}"
+    def rsg_limit(self, rocking: str = "frame") -> float | None:
+        """The RSg limit applied in ``rocking`` mode (None: none)."""
+        if self.rsg_max is not None:
+            return self.rsg_max
+        return 0.6 if rocking == "frame" else None
+
+    def describe(self, rocking: str = "frame") -> str:
+        parts = [f"|g| ≤ {self.g_max:g} Å⁻¹"]
+        if (rsg := self.rsg_limit(rocking)) is not None:
+            parts.append(f"RSg = |s_g|/(|g|·Δ) ≤ {rsg:g}")
+        if rocking == "integrated":
+            parts.append(f"Bragg crossing within {self.crossing_max:g}·Δ of the frame angle")
+        return " and ".join(parts)
 
 
 class SimulationConfig(BaseModel):

@@ -64,8 +64,14 @@ class ReflectionSelection:
         return out
 
 
-def select_reflections(dataset: Dataset, rule: SelectionRule) -> ReflectionSelection:
-    """Apply the documented selection rule (see :class:`SelectionRule`) to every row."""
+def select_reflections(
+    dataset: Dataset, rule: SelectionRule, rocking: str = "frame"
+) -> ReflectionSelection:
+    """Apply the resolution and RSg parts of the selection rule (:class:`SelectionRule`).
+
+    The Bragg-crossing part of whole-rocking-curve rows needs the integration windows; it
+    is applied by :class:`FrameSimulator`.
+    """
     g = dataset.reflections.hkl @ reciprocal_matrix(dataset.cell).T
     g_norm = np.linalg.norm(g, axis=1)
     s = excitation_errors(
@@ -76,10 +82,11 @@ def select_reflections(dataset: Dataset, rule: SelectionRule) -> ReflectionSelec
     with np.errstate(divide="ignore", invalid="ignore"):
         rsg = np.abs(s) / (g_norm * delta)
     reason = np.full(len(g_norm), "", dtype=object)
-    reason[rsg > rule.rsg_max] = f"RSg > {rule.rsg_max:g}"
+    if (limit := rule.rsg_limit(rocking)) is not None:
+        reason[rsg > limit] = f"RSg > {limit:g}"
     reason[g_norm > rule.g_max] = f"|g| > {rule.g_max:g} Å⁻¹"
     reason[g_norm == 0] = "000 reflection"
-    return ReflectionSelection(reason == "", reason, rsg, rule.describe())
+    return ReflectionSelection(reason == "", reason, rsg, rule.describe(rocking))
 
 
 def rocking_directions(dataset: Dataset, n_tilts: int) -> np.ndarray:
@@ -138,9 +145,11 @@ def rocking_windows(
 
     Candidates are the grid points within ± ``max_rocking_width`` of the frame's angle; the
     window is the run of consecutive points with |s_g| ≤ ``rocking_window`` around the point
-    of smallest |s_g|. A row is not usable when its reflection does not come that close to
-    the Ewald sphere, or when the run reaches the end of the candidates (a rocking curve
-    wider than the limit: reflections near the rotation axis).
+    of smallest |s_g| (the Bragg crossing). A row is not usable when its reflection does not
+    come that close to the Ewald sphere, when the run reaches the end of the candidates (a
+    rocking curve wider than the limit: reflections near the rotation axis), or when the
+    crossing lies beyond ``selection.crossing_max`` semi-angles of the frame's angle (the
+    reflection was excited in another frame).
     """
     step = np.radians(config.rocking_step)
     reach = np.radians(config.max_rocking_width)
@@ -162,6 +171,11 @@ def rocking_windows(
     reason = np.full(len(rows), "", dtype=object)
     reason[(left < 0) | (right >= n_c)] = (
         f"rocking curve wider than ±{config.max_rocking_width:g}° (near the rotation axis)"
+    )
+    offset = np.abs((first + centre) * config.rocking_step - dataset.frames.alpha[frame])
+    limit = config.selection.crossing_max * dataset.frames.semi_angle[frame]
+    reason[(reason == "") & (offset > limit)] = (
+        f"Bragg crossing beyond {config.selection.crossing_max:g}·Δ of the frame angle"
     )
     reason[~inside[np.arange(len(rows)), centre]] = (
         f"no Bragg crossing within ±{config.max_rocking_width:g}° of the frame"
@@ -243,7 +257,7 @@ class FrameSimulator:
             device=device,
         )
         self.rocking = resolve_rocking(self.config, dataset)
-        self.selection = select_reflections(dataset, self.config.selection)
+        self.selection = select_reflections(dataset, self.config.selection, self.rocking)
         windows = None
         if self.rocking == "integrated":
             rows = np.flatnonzero(self.selection.used)
@@ -298,6 +312,8 @@ class FrameSimulator:
         out = []
         for f in range(self.directions.shape[0]):
             rows = np.flatnonzero(self.frame_of_used == f)
+            if len(rows) == 0:
+                continue
             s = -(2 * k0 * g_all @ self.directions[f].T + g2[:, None]) / (2 * k0)  # (hkl, tilt)
             keep = candidate[:, None] & (np.abs(s) <= cfg.sg_max)
             keep[0] = True  # the incident beam

@@ -32,6 +32,7 @@ g leaving the exit surface, for the symmetrised structure matrix of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Literal
 
@@ -93,7 +94,23 @@ def bloch_intensities(
 
 # LAPACK's batched eigensolvers loop over the matrices; threading inside each small
 # matrix gains little and, on a loaded machine, OpenMP barriers can make it 100x slower.
+# Small matrices are instead solved one per thread: the batch is split into as many
+# chunks as PyTorch has threads, each solved single-threaded (ATen releases the GIL).
 _SINGLE_THREAD_BELOW = 256
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _batched_eigensolver(solve, matrix: Tensor):
+    """``solve(matrix)`` for a batch of small CPU matrices, split over PyTorch's threads."""
+    threads = torch.get_num_threads()
+    with _eigensolver_threads(matrix):
+        if threads == 1 or matrix.device.type != "cpu" or matrix.shape[0] < 2 * threads:
+            return solve(matrix)
+        global _POOL
+        if _POOL is None or _POOL._max_workers < threads:
+            _POOL = ThreadPoolExecutor(threads)
+        parts = list(_POOL.map(solve, matrix.chunk(threads)))
+    return tuple(torch.cat(pieces) for pieces in zip(*parts, strict=True))
 
 
 @contextmanager
@@ -127,8 +144,7 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 class _HermitianPropagation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix, absorptive, thickness, c, incident):
-        with _eigensolver_threads(matrix):
-            values, vectors = torch.linalg.eigh(matrix)
+        values, vectors = _batched_eigensolver(torch.linalg.eigh, matrix)
         z = values.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             z = torch.complex(values, _absorption_eigenvalue_shift(vectors, absorptive))
@@ -162,8 +178,7 @@ class _GeneralPropagation(torch.autograd.Function):
         x = matrix.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             x = x + 1j * absorptive.to(x.dtype)
-        with _eigensolver_threads(x):
-            z, vectors = torch.linalg.eig(x)
+        z, vectors = _batched_eigensolver(torch.linalg.eig, x)
         left = torch.linalg.inv(vectors).mH
         psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
         ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)

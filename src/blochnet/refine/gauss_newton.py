@@ -149,12 +149,21 @@ def _limit_rotations(blocks: list[_Block], delta: Tensor, max_rotation: float) -
 
 
 def levenberg_marquardt(
-    model, *, iterations: int = 10, damping: float = 1e-3, max_rotation: float = 2e-3, report=None
+    model,
+    *,
+    iterations: int = 10,
+    damping: float = 1e-2,
+    max_rotation: float = 2e-3,
+    max_tries: int = 6,
+    report=None,
 ) -> list[LMRecord]:
     """Refine the physical parameters of ``model`` (a Refinement) by Levenberg–Marquardt.
 
-    ``max_rotation`` [rad] bounds each orientation component's step (a trust region: the
-    beam sets were chosen for the file's orientations, so corrections must stay small).
+    An iteration builds one Jacobian and tries steps of growing damping (×10 after each
+    rejected step, at most ``max_tries``) until one lowers the objective; the damping then
+    drops by 3. ``max_rotation`` [rad] bounds each orientation component's step (a trust
+    region: the beam sets were chosen for the file's orientations, so corrections must stay
+    small).
     """
     history: list[LMRecord] = []
     r, jac, blocks = jacobian(model)
@@ -163,27 +172,32 @@ def levenberg_marquardt(
         normal = jac.T @ jac
         scale = torch.diagonal(normal).clamp(min=1e-30)
         gradient = jac.T @ r
-        delta = -torch.linalg.solve(normal + damping * torch.diag(scale), gradient)
-        delta = _limit_rotations(blocks, delta, max_rotation)
-        _apply(blocks, delta)
-        with torch.no_grad():
-            trial = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
-        dof = max(len(r) - len(delta), 1)
+        dof = max(len(r) - len(gradient), 1)
         su = torch.sqrt(torch.diagonal(torch.linalg.pinv(normal)) * loss / dof)
-        shift_su = float((delta.abs() / su.clamp(min=1e-30)).max())
-        accepted = trial < loss
-        if accepted:
-            damping /= 3
-        else:
-            _apply(blocks, -delta)
-            damping *= 4
-        record = LMRecord(iteration, trial if accepted else loss, shift_su, damping, accepted)
-        history.append(record)
-        if report is not None:
-            report(record)
-        if accepted and (shift_su < 0.01 or (loss - trial) < 1e-9 * loss):
+        for _ in range(max_tries):
+            delta = -torch.linalg.solve(normal + damping * torch.diag(scale), gradient)
+            delta = _limit_rotations(blocks, delta, max_rotation)
+            _apply(blocks, delta)
+            with torch.no_grad():
+                trial = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+            shift_su = float((delta.abs() / su.clamp(min=1e-30)).max())
+            accepted = trial < loss
+            if accepted:
+                damping /= 3
+            else:
+                _apply(blocks, -delta)
+                damping *= 10
+            record = LMRecord(iteration, trial if accepted else loss, shift_su, damping, accepted)
+            history.append(record)
+            if report is not None:
+                report(record)
+            if accepted:
+                break
+        if not accepted:
+            break  # no step of any damping lowers the objective: a minimum along J
+        converged = shift_su < 0.01 or (loss - trial) < 1e-9 * loss
+        loss = trial
+        if converged or iteration == iterations:
             break
-        if accepted:
-            loss = trial
-            r, jac, blocks = jacobian(model)
+        r, jac, blocks = jacobian(model)
     return history

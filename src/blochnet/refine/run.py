@@ -7,6 +7,7 @@ sets' weighted least-squares objectives (:mod:`blochnet.refine.objective`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refine.objective import Objective
 from blochnet.refine.parameters import StructureParameters, atom_selection
+from blochnet.refine.setup import choose_settings
 from blochnet.refine.report import count_parameters, refined_crystal, write_report
 from blochnet.refine.thickness import ThicknessConfig
 from blochnet.refine.uncertainty import structure_uncertainties
@@ -52,15 +54,28 @@ class RefineConfig(BaseModel):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(40, ge=1)
     lm_iterations: int = Field(
-        5, ge=0, description="Levenberg–Marquardt iterations on the physical parameters after Adam"
+        0,
+        ge=0,
+        description=(
+            "Levenberg–Marquardt iterations on the physical parameters after Adam (each "
+            "builds a Jacobian: one backward pass per structure parameter and per colour "
+            "and component of the per-frame ones)"
+        ),
     )
     refine_xyz: str = "all"
     refine_adp: str = "all"
     refine_occupancy: str = "none"
     refine_orientation: bool = True
     holdout_fraction: float = Field(0.0, ge=0, lt=0.9, description="frames held out")
+    auto_setup: bool = Field(
+        True,
+        description=(
+            "choose the starting thickness (scan) and check the beam set and rocking "
+            "sampling for convergence, for what the configuration does not set"
+        ),
+    )
     checkpoint_every: int = Field(5, ge=1)
     seed: int = 0
 
@@ -92,8 +107,13 @@ def build_refinement(
     *,
     dtype=torch.float64,
     device=None,
+    starts: list[float] | None = None,
 ) -> Refinement:
-    """Simulators, structure parameters, thickness models and objectives."""
+    """Simulators, structure parameters, thickness models and objectives.
+
+    ``starts``: starting thickness of each data set [Å] where ``config.thickness.t0`` is
+    not set (default 600 Å).
+    """
     crystal = structure_in_data_cell(crystal, datasets[0])
     simulators = [
         FrameSimulator(
@@ -110,9 +130,9 @@ def build_refinement(
     )
     rng = np.random.default_rng(config.seed)
     objectives = []
-    for sim in simulators:
+    for n, sim in enumerate(simulators):
         ds = sim.dataset
-        t0 = config.thickness.t0 or 600.0
+        t0 = config.thickness.t0 or (starts[n] if starts else 600.0)
         thickness = config.thickness.build(ds.frames.alpha, t0=t0).to(dtype=dtype, device=device)
         holdout = None
         if config.holdout_fraction > 0:
@@ -142,12 +162,15 @@ def refine(
     resume: bool = False,
     report: Callable[[EpochRecord], None] | None = None,
     lm_report: Callable[[LMRecord], None] | None = None,
+    setup_report: Callable[[str], None] | None = None,
 ) -> RefinementResult:
     """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
 
     Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
     ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
-    ``refined.cif``, each atomically. Adam runs first (every group, networks included), then
+    ``refined.cif``, each atomically. With ``config.auto_setup``, settings the
+    configuration leaves open are first chosen from the data (:mod:`blochnet.refine.setup`;
+    each choice is passed to ``setup_report``) and saved in ``config.json``. Adam runs first (every group, networks included), then
     ``config.lm_iterations`` Levenberg–Marquardt steps on the physical parameters
     (structure, orientations, per-frame thickness).
     """
@@ -155,8 +178,34 @@ def refine(
     config = config or RefineConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out / "config.json", config.model_dump_json(indent=1) + "\n")
-    model = build_refinement(crystal, datasets, config, dtype=dtype, device=device)
+    starts = None
+    resolved = out / "config.json"
+    if resume and resolved.exists():  # the settings chosen when the run started
+        saved = json.loads(resolved.read_text(encoding="utf-8"))
+        config = config.model_copy(
+            update={"simulation": SimulationConfig.model_validate(saved["simulation"])}
+        )
+        starts = saved.get("starting_thickness")
+    elif config.auto_setup:
+        setup = choose_settings(
+            crystal,
+            datasets,
+            config.simulation,
+            t0=config.thickness.t0,
+            fixed=set(config.simulation.model_fields_set),
+            dtype=dtype,
+            device=device,
+        )
+        config = config.model_copy(update={"simulation": setup.simulation})
+        starts = setup.t0
+        for line in setup.lines:
+            if setup_report is not None:
+                setup_report(line)
+    record = json.loads(config.model_dump_json()) | {"starting_thickness": starts}
+    write_text_atomically(resolved, json.dumps(record, indent=1) + "\n")
+    model = build_refinement(
+        crystal, datasets, config, dtype=dtype, device=device, starts=starts
+    )
     sum_w_io2 = sum(float(((o.i_obs / o.sigma) ** 2)[o.fit].sum()) for o in model.objectives)
     rates = config.learning_rates.model_dump()
     history = optimise_adam(

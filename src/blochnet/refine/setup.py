@@ -1,0 +1,145 @@
+"""Settings chosen from the data before a refinement: starting thickness and convergence.
+
+What the user set in the configuration is kept; the rest is chosen here and reported:
+
+* the starting thickness of each data set, from a scan of R1(obs) over 200–2000 Å with
+  the structure as given (one eigendecomposition per orientation serves every thickness);
+* a convergence check of the beam set (g_max, sg_max) and of the rocking sampling
+  (rotation step or tilts per frame) on a subset of frames: the intensities at the chosen
+  settings are compared with those of a finer calculation, and the finer settings are
+  taken when the two differ by more than ``TOLERANCE`` (weighted rms, frame scales refitted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from blochnet.crystal import Crystal
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
+from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
+from blochnet.experiment.frames import FrameSimulator, resolve_rocking
+from blochnet.experiment.merit import optimal_scales
+
+SCAN = np.arange(200.0, 2001.0, 100.0)  # [Å]
+TOLERANCE = 0.02  # largest accepted weighted rms change of the intensities
+CHECK_FRAMES = 12  # frames used by the convergence check
+
+
+@dataclasses.dataclass
+class Setup:
+    simulation: SimulationConfig
+    t0: list[float]  # starting thickness per data set [Å]
+    lines: list[str]  # what was chosen and why, for the user
+
+
+def choose_settings(
+    crystal: Crystal,
+    datasets: list[Dataset],
+    simulation: SimulationConfig,
+    *,
+    t0: float | None,
+    fixed: set[str],
+    dtype=torch.float64,
+    device=None,
+) -> Setup:
+    """Starting thicknesses and converged simulation settings (fields in ``fixed`` kept)."""
+    lines: list[str] = []
+    first = datasets[0]
+    thickness = t0 if t0 is not None else _scan(crystal, first, simulation, dtype, device, lines)
+    for name, finer in list(_refinements(simulation, first, fixed)):
+        change = _change(crystal, first, simulation, finer, thickness, dtype, device)
+        if change > TOLERANCE:
+            lines.append(f"{name}: {change:.1%} change against a finer calculation; refined")
+            simulation = finer
+        else:
+            lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
+    starts = [thickness] + [
+        t0 if t0 is not None else _scan(crystal, ds, simulation, dtype, device, lines)
+        for ds in datasets[1:]
+    ]
+    return Setup(simulation, starts, lines)
+
+
+def _scan(crystal, dataset, simulation, dtype, device, lines) -> float:
+    result = evaluate(crystal, dataset, SCAN, config=simulation, dtype=dtype, device=device)
+    best = result.best_merit
+    lines.append(
+        f"starting thickness {result.best_thickness:.0f} Å: lowest R1(obs) "
+        f"({100 * best.r1_obs:.2f} % over {best.n_obs} obs) of a scan "
+        f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({dataset.source or 'data set'})"
+    )
+    return float(result.best_thickness)
+
+
+def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]):
+    """(description, finer settings) pairs for the settings the user did not fix."""
+    if not {"g_max", "sg_max"} & fixed:
+        finer = simulation.model_copy(
+            update={"g_max": simulation.g_max + 0.4, "sg_max": simulation.sg_max * 1.5}
+        )
+        yield (
+            f"beams |g| ≤ {simulation.g_max:g} Å⁻¹, |s_g| ≤ {simulation.sg_max:g} Å⁻¹",
+            finer,
+        )
+    integrated = resolve_rocking(simulation, dataset) == "integrated"
+    if integrated and "rocking_step" not in fixed:
+        step = simulation.rocking_step
+        yield (
+            f"rocking step {step:g}°",
+            simulation.model_copy(update={"rocking_step": step / 2}),
+        )
+    elif not integrated and "n_tilts" not in fixed:
+        n = simulation.n_tilts
+        yield (f"{n} tilts per frame", simulation.model_copy(update={"n_tilts": 2 * n}))
+
+
+def _change(crystal, dataset, coarse, fine, thickness, dtype, device) -> float:
+    """Weighted rms relative change of the scaled intensities of a subset of frames."""
+    subset = _frame_subset(dataset, CHECK_FRAMES)
+    crystal = structure_in_data_cell(crystal, subset)
+    values = []
+    for config in (coarse, fine):
+        sim = FrameSimulator(crystal, subset, config, dtype=dtype, device=device)
+        t = torch.full((subset.n_frames, 1), thickness, dtype=dtype, device=sim.model.device)
+        with torch.no_grad():
+            values.append((sim.used_rows, sim.intensities(sim.model.atom_tensors(), t)[:, 0]))
+    rows = np.intersect1d(values[0][0], values[1][0])
+    if len(rows) == 0:
+        return 0.0
+    refl = subset.reflections
+    frame = torch.as_tensor(subset.frame_index()[rows], device=values[0][1].device)
+    as_t = lambda x: torch.as_tensor(x, dtype=dtype, device=frame.device)  # noqa: E731
+    i_obs, sigma = as_t(refl.intensity[rows]), as_t(refl.sigma[rows])
+    scaled = []
+    for used, ic in values:
+        ic = ic[np.searchsorted(used, rows)]
+        scales = optimal_scales(i_obs, sigma, ic, frame, subset.n_frames)
+        scaled.append(scales[frame] * ic)
+    w = 1 / sigma**2
+    return float(torch.sqrt((w * (scaled[0] - scaled[1]) ** 2).sum() / (w * scaled[1] ** 2).sum()))
+
+
+def _frame_subset(dataset: Dataset, n: int) -> Dataset:
+    """The data set restricted to ``n`` frames spread over the rotation, with their rows.
+
+    Every frame stays in the frame table (frames without rows cost nothing), so that whole
+    rocking curves use the same grid points and owners as with the full data set.
+    """
+    if dataset.n_frames <= n:
+        return dataset
+    picked = np.unique(np.linspace(0, dataset.n_frames - 1, n).round().astype(int))
+    keep_rows = np.isin(dataset.frame_index(), picked)
+    frames = FrameTable(
+        **{f.name: getattr(dataset.frames, f.name) for f in dataclasses.fields(FrameTable)}
+    )
+    refl = ReflectionTable(
+        **{
+            f.name: getattr(dataset.reflections, f.name)[keep_rows]
+            for f in dataclasses.fields(ReflectionTable)
+        }
+    )
+    return dataclasses.replace(dataset, frames=frames, reflections=refl)
