@@ -76,6 +76,12 @@ def test_glycine_lists_its_ten_empty_frames():
     assert "rotation axis position 230.391°" in result.stdout
 
 
+@pytest.mark.parametrize("name", ["quartz", "glycine"])
+def test_data_sets_repeating_one_intensity_per_reflection_are_flagged(name):
+    codes = [o["code"] for o in info_json(DATA / f"experiments/{name}/{name}.cif_pets")["oddities"]]
+    assert "whole_rocking_curves" in codes
+
+
 def test_quartz_data_set_says_which_settings_are_not_set():
     result = run(DATA / "experiments/quartz/quartz.cif_pets")
     assert result.exit_code == 0, result.output

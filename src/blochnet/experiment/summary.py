@@ -137,6 +137,11 @@ def _dataset_oddities(dataset: Dataset, counts, g, deviation) -> list[dict]:
         example = f"{' '.join(map(str, refl.hkl[row]))} in frame {refl.frame_id[row]}{where}"
         text = f"{int(np.sum(repeats - 1))} duplicated (hkl, frame) row(s), e.g. {example}"
         odd.append(_odd("duplicate_rows", text))
+    if dataset.repeats_intensities():
+        text = "every reflection listed in several frames has one intensity and s.u. in all "
+        text += "of them: rows are whole rocking curves (simulated as integrals along the "
+        text += "rotation)"
+        odd.append(_odd("whole_rocking_curves", text))
     if dataset.rotation_axis_position != 0:
         text = f"rotation axis position {dataset.rotation_axis_position:g}° is not 0 "
         text += "(the goniometer axis is turned about the beam)"
