@@ -12,16 +12,15 @@ from blochnet.cli.main import app
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.dataset import FrameTable, ReflectionTable
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import (
-    FrameSimulator,
+from blochnet.experiment.frames import FrameSimulator, select_reflections
+from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
+from blochnet.experiment.pattern import simulate_pattern
+from blochnet.experiment.rocking import (
     grid_directions,
     resolve_rocking,
     rocking_directions,
-    select_reflections,
     turned_beam,
 )
-from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
-from blochnet.experiment.pattern import simulate_pattern
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
 from blochnet.physics.lattice import direct_matrix
@@ -205,7 +204,9 @@ def test_rows_repeating_one_intensity_per_reflection_are_whole_rocking_curves(na
     changed = dataclasses.replace(
         dataset,
         reflections=dataclasses.replace(
-            dataset.reflections, intensity=dataset.reflections.intensity * (1 + 1e-3 * np.arange(len(dataset.reflections)))
+            dataset.reflections,
+            intensity=dataset.reflections.intensity
+            * (1 + 1e-3 * np.arange(len(dataset.reflections))),
         ),
     )
     assert not changed.repeats_intensities()
@@ -220,8 +221,12 @@ def test_rotation_grid_points_belong_to_the_nearest_frame_and_turn_about_its_axi
     directions, owner = grid_directions(dataset, grid, step)
     assert np.array_equal(owner, np.arange(dataset.n_frames))
     # at (the grid point nearest) its own angle a frame's sample is its beam direction
-    turn = np.degrees(np.arccos(np.clip(np.einsum("fi,fi->f", directions, beam_directions(dataset)), -1, 1)))
-    sin_axis = np.linalg.norm(np.cross(beam_directions(dataset), goniometer_axis_crystal(dataset)), axis=1)
+    turn = np.degrees(
+        np.arccos(np.clip(np.einsum("fi,fi->f", directions, beam_directions(dataset)), -1, 1))
+    )
+    sin_axis = np.linalg.norm(
+        np.cross(beam_directions(dataset), goniometer_axis_crystal(dataset)), axis=1
+    )
     assert np.allclose(turn, np.abs(grid * step - alpha) * sin_axis, atol=1e-6)
     # half-way to the next frame the two frames' orientations agree (one continuous scan):
     # turning the wrong way would leave them a whole frame step (1.8°) apart

@@ -28,8 +28,8 @@ from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refine.objective import Objective
 from blochnet.refine.parameters import StructureParameters, atom_selection
-from blochnet.refine.setup import choose_settings
 from blochnet.refine.report import count_parameters, refined_crystal, write_report
+from blochnet.refine.setup import choose_settings
 from blochnet.refine.thickness import ThicknessConfig
 from blochnet.refine.uncertainty import structure_uncertainties
 
@@ -170,9 +170,10 @@ def refine(
     ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
     ``refined.cif``, each atomically. With ``config.auto_setup``, settings the
     configuration leaves open are first chosen from the data (:mod:`blochnet.refine.setup`;
-    each choice is passed to ``setup_report``) and saved in ``config.json``. Adam runs first (every group, networks included), then
-    ``config.lm_iterations`` Levenberg–Marquardt steps on the physical parameters
-    (structure, orientations, per-frame thickness).
+    each choice is passed to ``setup_report``) and saved in ``config.json``. Adam runs
+    first (every group, networks included), then ``config.lm_iterations``
+    Levenberg–Marquardt steps on the physical parameters (structure, orientations,
+    per-frame thickness).
     """
     start = time.perf_counter()
     config = config or RefineConfig()
@@ -203,9 +204,7 @@ def refine(
                 setup_report(line)
     record = json.loads(config.model_dump_json()) | {"starting_thickness": starts}
     write_text_atomically(resolved, json.dumps(record, indent=1) + "\n")
-    model = build_refinement(
-        crystal, datasets, config, dtype=dtype, device=device, starts=starts
-    )
+    model = build_refinement(crystal, datasets, config, dtype=dtype, device=device, starts=starts)
     sum_w_io2 = sum(float(((o.i_obs / o.sigma) ** 2)[o.fit].sum()) for o in model.objectives)
     rates = config.learning_rates.model_dump()
     history = optimise_adam(

@@ -21,8 +21,9 @@ from blochnet.crystal import Crystal
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import FrameSimulator, resolve_rocking
+from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import optimal_scales
+from blochnet.experiment.rocking import resolve_rocking
 
 SCAN = np.arange(200.0, 2001.0, 100.0)  # [Å]
 TOLERANCE = 0.02  # largest accepted weighted rms change of the intensities

@@ -1,0 +1,134 @@
+"""Sampling of rocking curves: orientations across a frame and along the whole rotation.
+
+A frame's own range is sampled by tilts about the goniometer axis (continuous rotation) or
+azimuths on the precession cone; whole-rocking-curve rows (see :mod:`blochnet.experiment.frames`)
+use one rotation grid for the whole data set, each grid point belonging to the frame of
+nearest rotation angle, and an integration window per row around its Bragg crossing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.dataset import Dataset
+from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
+from blochnet.physics.lattice import reciprocal_matrix
+
+
+def rocking_directions(dataset: Dataset, n_tilts: int) -> np.ndarray:
+    """(frame, tilt, 3) beam directions (crystal frame) sampling each frame's range."""
+    d = beam_directions(dataset)
+    semi = np.radians(dataset.frames.semi_angle)[:, None]
+    if dataset.geometry == "precession":
+        e1 = np.cross(d, [0.0, 0.0, 1.0] if abs(d[0, 2]) < 0.9 else [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
+        e2 = np.cross(d, e1)
+        phi = 2 * np.pi * np.arange(n_tilts) / n_tilts
+        ring = np.cos(phi)[None, :, None] * e1[:, None] + np.sin(phi)[None, :, None] * e2[:, None]
+        return np.cos(semi)[..., None] * d[:, None] + np.sin(semi)[..., None] * ring
+    offsets = semi * ((np.arange(n_tilts) + 0.5) * 2 / n_tilts - 1)[None, :]
+    a = goniometer_axis_crystal(dataset)[:, None, :]
+    return turned_beam(d[:, None, :], a, offsets)
+
+
+def turned_beam(direction: np.ndarray, axis: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Beam directions (crystal frame) after the crystal turns by ``delta`` [rad] about ``axis``.
+
+    The crystal turning by δ about the goniometer axis a turns the beam by −δ about a in the
+    crystal frame (Rodrigues' formula); arrays broadcast, vectors on the last axis.
+    """
+    cos, sin = np.cos(-delta)[..., None], np.sin(-delta)[..., None]
+    d = np.broadcast_to(direction, np.broadcast_shapes(direction.shape, axis.shape))
+    return (
+        d * cos + np.cross(axis, d) * sin + axis * np.sum(axis * d, -1, keepdims=True) * (1 - cos)
+    )
+
+
+def resolve_rocking(config: SimulationConfig, dataset: Dataset) -> str:
+    """``frame`` or ``integrated`` for ``config.rocking`` on this data set (see module doc)."""
+    if config.rocking != "auto":
+        return config.rocking
+    if dataset.geometry == "continuous rotation" and dataset.repeats_intensities():
+        return "integrated"
+    return "frame"
+
+
+@dataclass
+class RockingWindows:
+    """Integration windows of the compared rows on the data set's rotation grid.
+
+    ``start`` and ``stop`` (used,) are grid indices (φ = index·step) of each row's window
+    [start, stop); ``reason`` (used,) is '' where the window is usable, else why not.
+    """
+
+    start: np.ndarray
+    stop: np.ndarray
+    reason: np.ndarray
+
+
+def rocking_windows(dataset: Dataset, rows: np.ndarray, config: SimulationConfig) -> RockingWindows:
+    """Window of every row in ``rows`` around the Bragg crossing closest to its frame.
+
+    Candidates are the grid points within ± ``max_rocking_width`` of the frame's angle; the
+    window is the run of consecutive points with |s_g| ≤ ``rocking_window`` around the point
+    of smallest |s_g| (the Bragg crossing). A row is not usable when its reflection does not
+    come that close to the Ewald sphere, when the run reaches the end of the candidates (a
+    rocking curve wider than the limit: reflections near the rotation axis), or when the
+    crossing lies beyond ``selection.crossing_max`` semi-angles of the frame's angle (the
+    reflection was excited in another frame).
+    """
+    step = np.radians(config.rocking_step)
+    reach = np.radians(config.max_rocking_width)
+    n_c = int(np.ceil(2 * reach / step)) + 1
+    frame = dataset.frame_index()[rows]
+    alpha = np.radians(dataset.frames.alpha)
+    first = np.round((alpha[frame] - reach) / step).astype(np.int64)
+    grid = first[:, None] + np.arange(n_c)[None, :]  # (used, cand)
+    directions, _ = grid_directions(dataset, grid, config.rocking_step)
+    g = dataset.reflections.hkl[rows] @ reciprocal_matrix(dataset.cell).T
+    k0 = 1.0 / dataset.wavelength
+    s = -(2 * k0 * np.einsum("rci,ri->rc", directions, g) + np.sum(g**2, 1)[:, None]) / (2 * k0)
+    inside = np.abs(s) <= config.rocking_window
+    centre = np.argmin(np.abs(s), axis=1)
+    idx = np.arange(n_c)[None, :]
+    outside = ~inside
+    left = np.where(outside & (idx < centre[:, None]), idx, -1).max(axis=1)
+    right = np.where(outside & (idx > centre[:, None]), idx, n_c).min(axis=1)
+    reason = np.full(len(rows), "", dtype=object)
+    reason[(left < 0) | (right >= n_c)] = (
+        f"rocking curve wider than ±{config.max_rocking_width:g}° (near the rotation axis)"
+    )
+    offset = np.abs((first + centre) * config.rocking_step - dataset.frames.alpha[frame])
+    limit = config.selection.crossing_max * dataset.frames.semi_angle[frame]
+    reason[(reason == "") & (offset > limit)] = (
+        f"Bragg crossing beyond {config.selection.crossing_max:g}·Δ of the frame angle"
+    )
+    reason[~inside[np.arange(len(rows)), centre]] = (
+        f"no Bragg crossing within ±{config.max_rocking_width:g}° of the frame"
+    )
+    return RockingWindows(first + left + 1, first + right, reason)
+
+
+def grid_directions(
+    dataset: Dataset, grid: np.ndarray, step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beam directions (..., 3) at rotation-grid indices ``grid`` (...) and owning frames (...).
+
+    A grid point φ = index·``step`` [deg] belongs to the frame of nearest angle α and is that
+    frame's orientation turned by φ − α about the goniometer axis.
+    """
+    alpha = np.asarray(dataset.frames.alpha, dtype=float)
+    order = np.argsort(alpha, kind="stable")
+    phi = grid * step
+    pos = np.clip(np.searchsorted(alpha[order], phi), 1, len(order) - 1) if len(order) > 1 else 0
+    if len(order) > 1:
+        lower, upper = order[pos - 1], order[pos]
+        owner = np.where(np.abs(phi - alpha[lower]) <= np.abs(alpha[upper] - phi), lower, upper)
+    else:
+        owner = np.zeros(np.shape(grid), dtype=np.int64)
+    d = beam_directions(dataset)[owner]
+    a = goniometer_axis_crystal(dataset)[owner]
+    return turned_beam(d, a, np.radians(phi - alpha[owner])), owner
