@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from blochnet.cli.main import app
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.dataset import FrameTable, ReflectionTable
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator, select_reflections
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
@@ -38,15 +37,7 @@ def _load(name):
 def _first_frames(dataset, n):
     """The data set restricted to its first n frames and their reflections."""
     keep = np.isin(dataset.reflections.frame_id, dataset.frames.id[:n])
-    frames = FrameTable(
-        **{f.name: getattr(dataset.frames, f.name)[:n] for f in dataclasses.fields(FrameTable)}
-    )
-    refl = ReflectionTable(
-        **{
-            f.name: getattr(dataset.reflections, f.name)[keep]
-            for f in dataclasses.fields(ReflectionTable)
-        }
-    )
+    frames, refl = dataset.frames.select(slice(n)), dataset.reflections.select(keep)
     return dataclasses.replace(dataset, frames=frames, reflections=refl)
 
 

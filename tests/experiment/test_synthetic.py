@@ -14,7 +14,6 @@ from blochnet.crystal import Atom
 from blochnet.errors import ConfigurationError
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.dataset import FrameTable, ReflectionTable
 from blochnet.experiment.frames import FrameSimulator, select_reflections
 from blochnet.experiment.geometry import rotation, u_matrix, zone_axis_deviation
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
@@ -184,12 +183,8 @@ def test_like_copies_the_frames_and_hkl_rows_of_the_shared_quartz_file(quartz):
     measured = read_pets(shared_data_dir() / "experiments/quartz/quartz.cif_pets")
     ids = measured.frames.id[:4]
     keep = np.isin(measured.reflections.frame_id, ids)
-    fields = dataclasses.fields
-    frames = FrameTable(
-        **{f.name: getattr(measured.frames, f.name)[:4] for f in fields(FrameTable)}
-    )
     refl = measured.reflections
-    rows = ReflectionTable(**{f.name: getattr(refl, f.name)[keep] for f in fields(ReflectionTable)})
+    frames, rows = measured.frames.select(slice(4)), refl.select(keep)
     small = dataclasses.replace(measured, frames=frames, reflections=rows)
     dataset, truth = simulate_experiment(
         quartz, geometry_from=small, config=CONFIG, noise=NOISE_FREE

@@ -10,13 +10,18 @@ one per hkl per frame).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from blochnet.crystal import Cell
 
 GEOMETRIES = ("continuous rotation", "precession")
+
+
+def _select(table, index):
+    """A copy of a row table (every field an array over rows) keeping rows ``index``."""
+    return replace(table, **{f.name: getattr(table, f.name)[index] for f in fields(table)})
 
 
 def _line_numbers(line: np.ndarray | None, n: int) -> np.ndarray:
@@ -57,6 +62,10 @@ class FrameTable:
     def __len__(self) -> int:
         return len(self.id)
 
+    def select(self, index) -> FrameTable:
+        """The frames ``index`` (mask, indices or slice) selects."""
+        return _select(self, index)
+
     def index_of(self, frame_id: int) -> int:
         """Row index of the frame with ``id == frame_id`` (``KeyError`` if absent)."""
         hits = np.flatnonzero(self.id == frame_id)
@@ -88,6 +97,10 @@ class ReflectionTable:
 
     def __len__(self) -> int:
         return len(self.frame_id)
+
+    def select(self, index) -> ReflectionTable:
+        """The rows ``index`` (mask, indices or slice) selects."""
+        return _select(self, index)
 
 
 @dataclass(eq=False)

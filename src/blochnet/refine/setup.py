@@ -19,7 +19,7 @@ import torch
 
 from blochnet.crystal import Crystal
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
+from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import optimal_scales
@@ -133,14 +133,5 @@ def _frame_subset(dataset: Dataset, n: int) -> Dataset:
     if dataset.n_frames <= n:
         return dataset
     picked = np.unique(np.linspace(0, dataset.n_frames - 1, n).round().astype(int))
-    keep_rows = np.isin(dataset.frame_index(), picked)
-    frames = FrameTable(
-        **{f.name: getattr(dataset.frames, f.name) for f in dataclasses.fields(FrameTable)}
-    )
-    refl = ReflectionTable(
-        **{
-            f.name: getattr(dataset.reflections, f.name)[keep_rows]
-            for f in dataclasses.fields(ReflectionTable)
-        }
-    )
-    return dataclasses.replace(dataset, frames=frames, reflections=refl)
+    rows = dataset.reflections.select(np.isin(dataset.frame_index(), picked))
+    return dataclasses.replace(dataset, reflections=rows)
