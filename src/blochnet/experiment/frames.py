@@ -199,17 +199,14 @@ class FrameSimulator:
 
     def _frame_orientations(self) -> list[_Orientation]:
         cfg, k0 = self.config, 1.0 / self.dataset.wavelength
-        hkl_all, g_all, g2, candidate, obs_index = self._beam_table()
+        table = self._beam_table()
+        hkl_all, obs_index = table[0], table[-1]
         out = []
         for f in range(self.directions.shape[0]):
             rows = np.flatnonzero(self.frame_of_used == f)
             if len(rows) == 0:
                 continue
-            s = -(2 * k0 * g_all @ self.directions[f].T + g2[:, None]) / (2 * k0)  # (hkl, tilt)
-            keep = candidate[:, None] & (np.abs(s) <= cfg.sg_max)
-            keep[0] = True  # the incident beam
-            keep[obs_index[rows]] = True
-            position = np.cumsum(keep, axis=0) - 1
+            keep, position = _beam_sets(table, self.directions[f], obs_index[rows], k0, cfg.sg_max)
             weights = np.full(len(rows), 1.0 / cfg.n_tilts)
             for j in range(self.directions.shape[1]):
                 out.append(
@@ -226,7 +223,8 @@ class FrameSimulator:
 
     def _integrated_orientations(self, windows: RockingWindows) -> list[_Orientation]:
         cfg, ds, k0 = self.config, self.dataset, 1.0 / self.dataset.wavelength
-        hkl_all, g_all, g2, candidate, obs_index = self._beam_table()
+        table = self._beam_table()
+        hkl_all, obs_index = table[0], table[-1]
         length = windows.stop - windows.start
         pair_row = np.repeat(np.arange(self.n_used), length)
         pair_grid = np.repeat(windows.start - np.cumsum(length) + length, length) + np.arange(
@@ -242,17 +240,15 @@ class FrameSimulator:
         for j in range(len(grid)):
             pairs = order[bounds[j] : bounds[j + 1]]
             rows = pair_row[pairs]
-            s = -(2 * k0 * g_all @ directions[j] + g2) / (2 * k0)
-            keep = candidate & (np.abs(s) <= cfg.sg_max)
-            keep[0] = True
-            keep[obs_index[rows]] = True
-            position = np.cumsum(keep) - 1
+            keep, position = _beam_sets(
+                table, directions[j : j + 1], obs_index[rows], k0, cfg.sg_max
+            )
             out.append(
                 _Orientation(
                     directions[j],
                     int(owner[j]),
-                    hkl_all[keep],
-                    position[obs_index[rows]],
+                    hkl_all[keep[:, 0]],
+                    position[obs_index[rows], 0],
                     rows,
                     pair_weight[pairs],
                 )
@@ -343,6 +339,21 @@ class FrameSimulator:
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
         return out[:, 0] if weights is not None else out
+
+
+def _beam_sets(table, directions: np.ndarray, compared: np.ndarray, k0: float, sg_max: float):
+    """Beam sets of orientations ``directions`` (m, 3) from ``FrameSimulator._beam_table()``.
+
+    Returns keep (hkl, m) bool: candidates with |s_g| ≤ ``sg_max``, the incident beam and
+    the compared reflections (rows ``compared`` of the table); and position (hkl, m): each
+    kept beam's column in its orientation's beam set.
+    """
+    _, g_all, g2, candidate, _ = table
+    s = -(2 * k0 * g_all @ directions.T + g2[:, None]) / (2 * k0)  # (hkl, m)
+    keep = candidate[:, None] & (np.abs(s) <= sg_max)
+    keep[0] = True  # the incident beam
+    keep[compared] = True
+    return keep, np.cumsum(keep, axis=0) - 1
 
 
 def rotation_matrices(vectors: Tensor) -> Tensor:

@@ -12,8 +12,8 @@ costs (structure parameters + colours × per-frame components) passes, independe
 number of frames.
 
 Step: (JᵀJ + λ diag JᵀJ) δ = −Jᵀr; accepted when the objective drops (λ /= 3), otherwise
-rejected (λ *= 4). Convergence as a crystallographer judges it: max |δ|/s.u. < 0.01 and no
-further drop of the objective.
+rejected and tried again with λ *= 10 on the same Jacobian. Convergence as a
+crystallographer judges it: max |δ|/s.u. < 0.01 and no further drop of the objective.
 """
 
 from __future__ import annotations
@@ -92,9 +92,8 @@ def _blocks(model) -> list[_Block]:
         start = sum(n_rows[:i])
         uses[start : start + n_rows[i]] = local
         colour = frame_colours(local)
-        device = objective.i_obs.device
-        for param in params:
-            blocks.append(_Block(param, True, torch.as_tensor(uses, device=device), colour))
+        uses = torch.as_tensor(uses, device=objective.i_obs.device)
+        blocks += [_Block(param, True, uses, colour) for param in params]
     return blocks
 
 
