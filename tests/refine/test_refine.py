@@ -85,6 +85,14 @@ def test_refinement_moves_a_displaced_atom_back(synthetic, tmp_path):
     assert _distance(crystal, result.crystal, crystal) < 0.015
 
 
+def test_lbfgs_moves_a_displaced_atom_back_in_fewer_epochs(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    start = _moved(crystal, 0.05)
+    result = refine(start, [dataset], tmp_path, _config(epochs=8, optimiser="lbfgs"))
+    assert result.history[-1].loss < 0.05 * result.history[0].loss
+    assert _distance(crystal, result.crystal, crystal) < 0.005
+
+
 def test_interrupted_refinement_resumes_to_the_same_result(synthetic, tmp_path):
     crystal, dataset = synthetic
     start = _moved(crystal, 0.05)
@@ -295,3 +303,84 @@ def test_setup_finds_the_thickness_and_checks_convergence_of_what_is_not_fixed(s
     assert "starting thickness 500 Å" in text and "beams" in text and "tilts" not in text
     kept = choose_settings(crystal, [dataset], SIMULATION, t0=650.0, fixed={"g_max", "n_tilts"})
     assert kept.t0 == [650.0] and kept.lines == [] and kept.simulation == SIMULATION
+
+
+def test_absorption_column_matches_finite_differences_and_kappa_stays_non_negative(synthetic):
+    crystal, dataset = synthetic
+    absorbing = SIMULATION.model_copy(update=dict(absorption=0.04))
+    config = _config(
+        simulation=absorbing,
+        refine_absorption=True,
+        learning_rates=LearningRates(xyz=1e-3, adp=0.0, orientation=0.0, thickness=0.0),
+    )
+    model = build_refinement(crystal, [dataset], config)
+    structure = model.structure
+    assert structure.names[-1] == ("", "kappa")
+    r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), [structure.kappa_shift])
+    numeric = _central_difference(model.objectives[0], structure.kappa_shift, 0)
+    assert numeric.abs().max() > 0  # κ changes the intensities
+    np.testing.assert_allclose(
+        jac[:, 0].numpy(), numeric.numpy(), rtol=1e-5, atol=1e-6 * numeric.abs().max().item()
+    )
+    with torch.no_grad():
+        structure.kappa_shift.fill_(-1.0)
+    structure.keep_adps_positive_definite()
+    assert float(structure.absorption()) == 0.0
+
+
+def test_levenberg_marquardt_recovers_the_absorption_of_synthetic_data():
+    torch.set_num_threads(1)
+    crystal = read_structure(example_path("quartz"))
+    truth = SIMULATION.model_copy(update=dict(absorption=0.08))
+    dataset, _ = simulate_experiment(
+        crystal,
+        generated=GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1),
+        thickness=ConstantThickness(value=800.0),
+        noise=NoiseModel(dose=1e9, background=0.5),
+        config=truth,
+        seed=5,
+    )
+    start = truth.model_copy(update=dict(absorption=0.03))
+    config = _config(
+        simulation=start,
+        thickness=ThicknessConfig(kind="global", t0=800.0),
+        refine_absorption=True,
+        learning_rates=LearningRates(xyz=0.0, adp=0.0, absorption=1e-3, thickness=0.0),
+    )
+    model = build_refinement(crystal, [dataset], config)
+    model.structure.kappa_shift.requires_grad_(True)
+    levenberg_marquardt(model, iterations=6)
+    su = structure_uncertainties(model, n_parameters=1)
+    kappa = float(model.structure.absorption())
+    assert abs(kappa - 0.08) < max(3 * su["absorption"], 0.004)
+    assert 0 < su["absorption"] < 0.01
+
+
+def test_instability_factor_lowers_the_weight_of_strong_observations(synthetic):
+    crystal, dataset = synthetic
+    plain = build_refinement(crystal, [dataset], _config()).objectives[0]
+    damped = build_refinement(crystal, [dataset], _config(instability=0.05)).objectives[0]
+    expected = torch.sqrt(plain.sigma**2 + (0.05 * plain.i_obs.clamp_min(0)) ** 2)
+    torch.testing.assert_close(damped.weight_sigma, expected)
+    # the objective is Σ((Io − k Ic)/σ_w)² with k the least-squares scale under those weights
+    ic, scales = damped.calculated()
+    frame = damped.frame
+
+    def loss(factor):
+        return float((((damped.i_obs - factor * scales[frame] * ic) / expected) ** 2).sum())
+
+    assert float(damped()) == pytest.approx(loss(1.0), rel=1e-12)
+    assert loss(1.0) < min(loss(0.99), loss(1.01))
+    assert not torch.allclose(scales, plain.calculated()[1])  # the weights changed the scales
+    assert plain.figures_of_merit().n_obs == damped.figures_of_merit().n_obs  # R uses σ
+
+
+def test_history_records_r_values_of_the_parameters_each_epoch_started_from(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    result = refine(_moved(crystal, 0.05), [dataset], tmp_path, _config(epochs=3))
+    first = result.history[0]
+    model = build_refinement(_moved(crystal, 0.05), [dataset], _config())
+    merit = model.objectives[0].figures_of_merit()
+    assert first.r_obs == pytest.approx(merit.r1_obs, rel=1e-9)
+    assert first.r_obs_frame_mean == pytest.approx(merit.r1_obs_frame_mean, rel=1e-9)
+    assert np.isnan(first.r_free)  # nothing held out

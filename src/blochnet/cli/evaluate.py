@@ -51,22 +51,18 @@ def evaluate(
     threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
     import numpy as np
-    import torch
 
-    from blochnet.errors import ConfigurationError
     from blochnet.experiment.config import SelectionRule, SimulationConfig
     from blochnet.experiment.evaluate import evaluate as run
     from blochnet.experiment.evaluate import structure_in_data_cell
     from blochnet.experiment.frames import FrameSimulator
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
+    from blochnet.runtime import prepare_compute
 
     if (thickness is None) == (thickness_scan is None):
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise ConfigurationError(f"--device {device}: use cpu, or cuda on a machine with CUDA")
+    prepare_compute(device, threads)
     grid = [thickness] if thickness is not None else np.linspace(*thickness_scan)
     config = SimulationConfig(
         g_max=g_max,

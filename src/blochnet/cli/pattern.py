@@ -178,12 +178,12 @@ def pattern(
     import torch
 
     from blochnet.experiment.pattern import simulate_pattern
+    from blochnet.runtime import prepare_compute
 
     if voltage <= 0:
         raise ConfigurationError(f"--voltage must be > 0 kV, got {voltage:g}")
     crystal, name = _load_structure(structure, example)
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda: CUDA is not available on this machine")
+    prepare_compute(device.value)
     options = dict(g_max=g_max, sg_max=sg_max, absorption=absorption)
     options |= dict(scattering=scattering.value, solver=solver.value)
     thicknesses = [float(label) for label in thickness]

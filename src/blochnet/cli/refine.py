@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +34,6 @@ def refine(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
-    import torch
     from rich.console import Console
 
     from blochnet.errors import ConfigurationError
@@ -41,11 +41,9 @@ def refine(
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
     from blochnet.refine.run import refine as run
+    from blochnet.runtime import prepare_compute
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise ConfigurationError(f"--device {device}: use cpu, or cuda on a machine with CUDA")
+    prepare_compute(device, threads)
     if example is not None:
         if files:
             raise ConfigurationError("give either --example or STRUCTURE and DATA files")
@@ -61,8 +59,11 @@ def refine(
 
     def report(record):
         if not quiet:
+            free = "" if math.isnan(record.r_free) else f"  R1 free {100 * record.r_free:6.2f} %"
             console.print(
-                f"epoch {record.epoch:4d}  wR2 {100 * record.wr2:6.2f} %  ({record.seconds:.1f} s)"
+                f"epoch {record.epoch:4d}  wR2 {100 * record.wr2:6.2f} %  "
+                f"R1(obs) {100 * record.r_obs:6.2f} % pooled, "
+                f"{100 * record.r_obs_frame_mean:6.2f} % frame mean{free}  ({record.seconds:.1f} s)"
             )
 
     def lm_report(record):

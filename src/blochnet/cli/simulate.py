@@ -116,11 +116,11 @@ def simulate(
     device: Annotated[Device, _opt("Where to compute.")] = Device.cpu,
     threads: Annotated[int, _opt("CPU threads (0: PyTorch's default).")] = 0,
 ) -> None:
-    import torch
 
     from blochnet.experiment import synthetic
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
+    from blochnet.runtime import prepare_compute
 
     scan = dict(voltage=voltage, rotation=rotation, semi_angle=semi_angle, resolution=resolution)
     scan |= dict(
@@ -132,10 +132,7 @@ def simulate(
         given = ", ".join(_FLAGS.get(key, "--geometry") for key in scan)
         raise ConfigurationError(f"--like copies the geometry; do not also give {given}")
     _check_output(out, like)
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda: CUDA is not available on this machine")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    prepare_compute(device.value, threads)
     noise = dict(dose=dose, background=background, scale_jitter=scale_jitter, poisson=poisson)
     noise = _settings(synthetic.NoiseModel, **noise)
     beams = dict(n_tilts=n_tilts, g_max=g_max, sg_max=sg_max)

@@ -292,6 +292,7 @@ class FrameSimulator:
         *,
         rotations: Tensor | None = None,
         weights: Tensor | None = None,
+        absorption: Tensor | float | None = None,
         progress=None,
     ) -> Tensor:
         """Intensities of the compared observations at each thickness sample.
@@ -306,6 +307,8 @@ class FrameSimulator:
             frame's semi-angle).
         weights : Tensor (frame, sample) or None: weights of the thickness samples (a
             distribution per frame); each orientation uses those of its own frame.
+        absorption : κ of U'_g = κ U_g; a tensor to differentiate with respect to it; None:
+            the configuration's.
         progress : optional callable(n_orientations_done) for progress display.
 
         Returns
@@ -317,6 +320,7 @@ class FrameSimulator:
         model = self.model
         k, u0 = model.wavevector(atoms, self.dataset.wavelength)
         width = 1 if weights is not None else thickness.shape[1]
+        kappa = self.config.absorption if absorption is None else absorption
         out = torch.zeros(self.n_used, width, dtype=model.dtype, device=model.device)
         for group in self.groups:
             batch = group.batch
@@ -327,7 +331,7 @@ class FrameSimulator:
                 turn = rotation_matrices(rotations)[group.frame]  # (orient, 3, 3)
                 directions = (turn @ directions[:, :, None])[..., 0]
             s = excitation_errors(g, k * directions)
-            a, a_abs = structure_matrices(batch, u, s, k, u0, self.config.absorption)
+            a, a_abs = structure_matrices(batch, u, s, k, u0, kappa)
             t = thickness[group.frame]
             intensity = bloch_intensities(
                 a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver

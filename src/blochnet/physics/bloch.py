@@ -11,9 +11,10 @@ Three solvers, chosen by value:
     usual case for 3D-ED frames: for quartz with κ = 0.05 at 100–500 Å it agrees with the
     exact route to 2e-4–5e-4 absolute. Near zone axes, where eigenvalues are (nearly)
     degenerate, it is off by 1e-3–4e-2 (Si and quartz, κ = 0.05); use ``"eig"`` there.
-    Without absorption it is exact. Its backward pass is the derivative of the exact
-    absorbing propagator taken at the first-order eigenvalues, so with absorption the
-    gradient carries the same approximation as the intensities.
+    Without absorption it is exact. With absorption, its gradient for A' is the exact
+    derivative of these first-order intensities (through μ_j), and its gradient for A is
+    the derivative of the exact absorbing propagator taken at the first-order eigenvalues,
+    carrying the same approximation as the intensities.
 ``"eig"``
     General (non-Hermitian) eigendecomposition of X = A + i A'. Exact for any absorption,
     about 7× slower than ``"eigh"`` (LAPACK geev against heevd, N = 100–200). Needs X
@@ -169,7 +170,8 @@ class _HermitianPropagation(torch.autograd.Function):
             ctx.incident,
             real_matrix=real_matrix,
         )
-        return _input_gradients(ctx, grad_x, grad_ct, thickness, c)
+        grad_abs = _eigenbasis_diagonal(vectors, grad_x) if ctx.has_absorption else None
+        return _input_gradients(ctx, grad_x, grad_ct, thickness, c, grad_abs)
 
 
 class _GeneralPropagation(torch.autograd.Function):
@@ -200,18 +202,40 @@ def _remember_inputs(ctx, matrix: Tensor, absorptive: Tensor | None, incident: i
     ctx.has_absorption = absorptive is not None
 
 
-def _input_gradients(ctx, grad_x: Tensor, grad_ct: Tensor, thickness: Tensor, c: Tensor):
-    """Gradients for (matrix, absorptive, thickness, c, incident) from those for X and c·t."""
-    return (*_split_gradient(ctx, grad_x), grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+def _eigenbasis_diagonal(vectors: Tensor, grad: Tensor) -> Tensor:
+    """C diag(Cᴴ G C) Cᴴ: the part of a gradient G that acts on the eigenvalues only.
+
+    The ``"eigh"`` route takes absorption to first order, μ_j = C_jᴴ A' C_j, so its
+    intensities depend on A' only through these diagonal elements; the gradient for A' is
+    the exact-propagator gradient for X = A + i A' restricted to them (the off-diagonal
+    part would describe eigenvector changes that the forward pass leaves out).
+    """
+    c = vectors.to(_common(vectors, grad))
+    d = torch.einsum("obm,obn,onm->om", c.conj(), grad.to(c.dtype), c)
+    return (c * d[:, None, :]) @ c.mH
 
 
-def _split_gradient(ctx, grad_x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _input_gradients(
+    ctx,
+    grad_x: Tensor,
+    grad_ct: Tensor,
+    thickness: Tensor,
+    c: Tensor,
+    grad_x_abs: Tensor | None = None,
+):
+    """Gradients for (matrix, absorptive, thickness, c, incident) from those for X and c·t
+    (``grad_x_abs``: the gradient for X to use for A', when it differs from ``grad_x``)."""
+    grads = _split_gradient(ctx, grad_x, grad_x if grad_x_abs is None else grad_x_abs)
+    return (*grads, grad_ct * c[:, None], (grad_ct * thickness).sum(1), None)
+
+
+def _split_gradient(ctx, grad_x: Tensor, grad_x_abs: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Gradients for A and A' from the gradient for X = A + i A'."""
     real_a, real_abs = ctx.real_input
     grad_a = grad_x.real if (real_a and grad_x.is_complex()) else grad_x
     grad_abs = None
     if ctx.has_absorption:
-        g = -1j * grad_x
+        g = -1j * grad_x_abs
         grad_abs = g.real if real_abs else g
     return grad_a, grad_abs
 

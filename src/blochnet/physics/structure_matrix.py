@@ -123,13 +123,14 @@ def structure_matrices(
     excitation: Tensor,
     k: Tensor,
     u0: Tensor,
-    absorption: float,
+    absorption: float | Tensor,
     factor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Elastic matrix A and, for κ = ``absorption`` > 0, the absorptive matrix A' with
-    U'_g = κ U_g (diagonal κ U₀); None without absorption."""
+    """Elastic matrix A and, for κ = ``absorption`` > 0 or a tensor (differentiable, even
+    at 0), the absorptive matrix A' with U'_g = κ U_g (diagonal κ U₀); None without
+    absorption."""
     a = structure_matrix(batch, potential, excitation, k, factor)
-    if absorption <= 0:
+    if not isinstance(absorption, Tensor) and absorption <= 0:
         return a, None
     diagonal = (absorption * u0) * torch.ones_like(excitation)
     return a, structure_matrix(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,15 +31,21 @@ class RefinementError(BlochnetError):
 
 @dataclass
 class EpochRecord:
+    """One epoch: the objective, wR2 and R1(obs) of the parameters it started from."""
+
     epoch: int
     loss: float
     wr2: float
     seconds: float
+    r_obs: float = math.nan
+    r_obs_frame_mean: float = math.nan
+    r_free: float = math.nan  # pooled R1(obs) of the held-out observations
 
 
 def _group_of(name: str) -> str:
     """Parameter group of a parameter name (see :func:`parameter_groups`)."""
-    for marker, group in (("xyz_shift", "xyz"), ("adp_shift", "adp"), ("occ_shift", "occupancy")):
+    markers = ("xyz_shift", "xyz"), ("adp_shift", "adp"), ("occ_shift", "occupancy")
+    for marker, group in (*markers, ("kappa_shift", "absorption")):
         if marker in name:
             return group
     if name.endswith("orientation"):
@@ -49,8 +56,9 @@ def _group_of(name: str) -> str:
 
 
 def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
-    """Adam parameter groups: "xyz", "adp", "occupancy" (structure shifts), "orientation"
-    (per-frame rotation vectors) and "thickness" (every thickness-model parameter). A group
+    """Adam parameter groups: "xyz", "adp", "occupancy", "absorption" (structure shifts),
+    "orientation" (per-frame rotation vectors) and "thickness" (every thickness-model
+    parameter). A group
     with learning rate 0 is fixed (its parameters get ``requires_grad=False``)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, param in objective.named_parameters():
@@ -78,16 +86,24 @@ def optimise_adam(
     patience: int = 10,
     after_step: Callable[[], None] | None = None,
     report: Callable[[EpochRecord], None] | None = None,
+    merit: Callable[[], dict[str, float]] | None = None,
+    method: Literal["adam", "lbfgs"] = "adam",
 ) -> list[EpochRecord]:
-    """Minimise ``objective()`` with Adam; returns the per-epoch history.
+    """Minimise ``objective()`` with Adam (or L-BFGS); returns the per-epoch history.
+
+    ``method="lbfgs"``: one L-BFGS step with a strong-Wolfe line search per epoch (several
+    evaluations of the objective), over every group with a learning rate > 0 (the rates
+    themselves are not used: the step comes from the curvature estimate).
 
     ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history. ``after_step`` runs
-    after every step (e.g. projections such as positive-definite ADPs).
+    after every step (e.g. projections such as positive-definite ADPs). ``merit``, called
+    after each evaluation of the objective, gives further :class:`EpochRecord` fields
+    (``r_obs``, ``r_obs_frame_mean``, ``r_free``) for the same parameters.
     """
     groups = parameter_groups(objective, learning_rates)
     if not groups:
         raise RefinementError("nothing to refine: every parameter group is fixed")
-    optimiser = torch.optim.Adam(groups)
+    optimiser = _ScaledLBFGS(groups) if method == "lbfgs" else torch.optim.Adam(groups)
     history: list[EpochRecord] = []
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
@@ -105,12 +121,16 @@ def optimise_adam(
         loss.backward()
         _check_finite(objective, loss, good, gradients=True)
         good = copy.deepcopy(objective.state_dict())
-        optimiser.step()
+        extra = merit() if merit is not None else {}
+        if method == "lbfgs":
+            optimiser.step(objective, loss, good)
+        else:
+            optimiser.step()
         if after_step is not None:
             after_step()
         value = float(loss.detach())
         record = EpochRecord(
-            epoch + 1, value, math.sqrt(value / sum_w_io2), time.perf_counter() - tick
+            epoch + 1, value, math.sqrt(value / sum_w_io2), time.perf_counter() - tick, **extra
         )
         history.append(record)
         if report is not None:
@@ -122,6 +142,61 @@ def optimise_adam(
     if checkpoint is not None:
         save_checkpoint(checkpoint, objective, optimiser, history)
     return history
+
+
+class _ScaledLBFGS:
+    """L-BFGS in scaled variables q, p = p₀ + r·q, with r each group's learning rate.
+
+    The rates put the parameters on a common scale (a first step of about r, as Adam's),
+    which L-BFGS's first, curvature-free step and line search need. Curvature pairs are
+    differences, so re-basing p₀ on the current values (at every step) keeps them valid.
+    """
+
+    def __init__(self, groups: list[dict]) -> None:
+        self.params = [p for group in groups for p in group["params"]]
+        self.rates = [group["lr"] for group in groups for _ in group["params"]]
+        self.q = [torch.zeros_like(p, requires_grad=True) for p in self.params]
+        self.inner = torch.optim.LBFGS(
+            self.q, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe"
+        )
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self, objective: nn.Module, first: torch.Tensor, good: dict) -> None:
+        start = [p.detach().clone() for p in self.params]
+        calls = [first]
+
+        def closure():
+            with torch.no_grad():
+                for p, p0, q, r in zip(self.params, start, self.q, self.rates, strict=True):
+                    p.copy_(p0 + r * q)
+            if calls:  # the evaluation already made at q = 0 this epoch
+                loss = calls.pop()
+            else:
+                self.zero_grad()
+                loss = objective()
+                _check_finite(objective, loss, good)
+                loss.backward()
+                _check_finite(objective, loss, good, gradients=True)
+            for p, q, r in zip(self.params, self.q, self.rates, strict=True):
+                q.grad = r * p.grad if p.grad is not None else torch.zeros_like(q)
+            return loss.detach()
+
+        with torch.no_grad():
+            for q in self.q:
+                q.zero_()
+        self.inner.step(closure)
+        with torch.no_grad():
+            for p, p0, q, r in zip(self.params, start, self.q, self.rates, strict=True):
+                p.copy_(p0 + r * q)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
 
 
 def save_checkpoint(path: Path, objective: nn.Module, optimiser, history) -> None:

@@ -75,11 +75,7 @@ def _uses(objective) -> np.ndarray:
 def _blocks(model) -> list[_Block]:
     """The physical parameters of a refinement: structure (dense) and per-frame ones."""
     n_rows = [int(o.fit.sum()) for o in model.objectives]
-    blocks = [
-        _Block(p, False)
-        for p in (model.structure.xyz_shift, model.structure.adp_shift, model.structure.occ_shift)
-        if p.requires_grad and p.numel()
-    ]
+    blocks = [_Block(p, False) for p in model.structure.shifts() if p.requires_grad and p.numel()]
     for i, objective in enumerate(model.objectives):
         params = [objective.orientation, getattr(objective.thickness, "log_ratio", None)]
         params = [p for p in params if p is not None and p.requires_grad]

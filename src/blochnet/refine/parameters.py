@@ -26,6 +26,8 @@ class StructureParameters(nn.Module):
     model : the crystal model (its site-symmetry maps define the free parameters).
     xyz, adp, occupancy : labels of the atoms whose coordinates / ADPs / occupancies are
         refined; ``None`` means every atom, an empty collection none.
+    absorption : κ of U'_g = κ U_g (0: no absorption); with ``refine_absorption`` it is
+        refined (a shift on κ, kept ≥ 0 by :meth:`keep_adps_positive_definite`).
     """
 
     def __init__(
@@ -35,6 +37,8 @@ class StructureParameters(nn.Module):
         xyz: Collection[str] | None = None,
         adp: Collection[str] | None = None,
         occupancy: Collection[str] | None = (),
+        absorption: float = 0.0,
+        refine_absorption: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -75,6 +79,23 @@ class StructureParameters(nn.Module):
         self.xyz_shift = zeros(len(xyz_index))
         self.adp_shift = zeros(len(adp_index))
         self.occ_shift = zeros(len(occ_index))
+        self.register_buffer(
+            "kappa_start",
+            torch.as_tensor(float(absorption), dtype=model.dtype, device=model.device),
+        )
+        self.kappa_shift = zeros(1 if refine_absorption else 0)
+        if refine_absorption:
+            self.names.append(("", "kappa"))
+
+    def shifts(self) -> tuple[nn.Parameter, ...]:
+        """The refinable shifts: coordinates, ADPs, occupancies, κ (order of :attr:`names`)."""
+        return (self.xyz_shift, self.adp_shift, self.occ_shift, self.kappa_shift)
+
+    def absorption(self) -> Tensor | float:
+        """κ: a tensor when refined (so that it is differentiated), else a number."""
+        if self.kappa_shift.numel():
+            return self.kappa_start + self.kappa_shift[0]
+        return float(self.kappa_start)
 
     def free(self) -> FreeParameters:
         """All free parameters, refined ones shifted."""
@@ -95,12 +116,16 @@ class StructureParameters(nn.Module):
                 self.xyz_start[self.xyz_index] + self.xyz_shift,
                 self.adp_start[self.adp_index] + self.adp_shift,
                 self.occ_start[self.occ_index] + self.occ_shift,
+                self.kappa_start + self.kappa_shift,
             ]
         )
 
     def keep_adps_positive_definite(self, minimum: float = 1e-5) -> bool:
-        """Project every atom's U onto eigenvalues ≥ ``minimum`` [Å²]; True if anything moved."""
+        """Project every atom's U onto eigenvalues ≥ ``minimum`` [Å²] (and a refined κ onto
+        κ ≥ 0); True if anything moved."""
         with torch.no_grad():
+            if self.kappa_shift.numel():
+                self.kappa_shift.clamp_(min=-float(self.kappa_start))
             cell = self.model.crystal.cell
             u_cart = uij_to_cartesian(cell, self.atoms().uij)  # (atom, 3, 3)
             vals, vecs = torch.linalg.eigh(u_cart)

@@ -14,6 +14,7 @@ from blochnet.crystal import UIJ_NAMES, Crystal
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.lattice import uij_to_cartesian
+from blochnet.refine.objective import joint_figures_of_merit
 
 
 def refined_crystal(structure, su: dict | None = None) -> Crystal:
@@ -41,11 +42,14 @@ def refined_crystal(structure, su: dict | None = None) -> Crystal:
     return crystal
 
 
-def write_report(model, crystal: Crystal, history, config, out: Path, *, wall_time: float) -> dict:
+def write_report(
+    model, crystal: Crystal, history, config, out: Path, *, wall_time: float, su: dict | None = None
+) -> dict:
     """Write ``report.json`` and ``refined.cif`` to ``out``; return the report."""
     first = model.objectives[0]
     n_parameters = count_parameters(model)
-    merit = first.figures_of_merit(n_parameters=n_parameters, subset="fit")
+    merit = joint_figures_of_merit(model.objectives, n_parameters=n_parameters)
+    free = not all(bool(o.fit.all()) for o in model.objectives)
     frames = []
     for objective in model.objectives:
         thickness = objective.thickness.summary()
@@ -81,10 +85,13 @@ def write_report(model, crystal: Crystal, history, config, out: Path, *, wall_ti
         "n_parameters": n_parameters,
         "selection_rule": first.simulator.selection.rule,
         "selection_counts": first.simulator.selection.counts(),
-        "r_free": (
-            first.figures_of_merit(subset="free").r1_obs if not bool(first.fit.all()) else None
-        ),
+        "r_free": joint_figures_of_merit(model.objectives, subset="free").r1_obs if free else None,
         "atoms": [_atom_entry(atom) for atom in crystal.atoms],
+        "absorption": {
+            "kappa": float(model.structure.absorption()),
+            "su": (su or {}).get("absorption"),
+            "refined": bool(model.structure.kappa_shift.numel()),
+        },
         "frames": frames,
         "epochs": len(history),
         "history": [asdict(h) for h in history],

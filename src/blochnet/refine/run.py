@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,12 +27,13 @@ from blochnet.experiment.frames import FrameSimulator
 from blochnet.io.atomic import write_text_atomically
 from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
-from blochnet.refine.objective import Objective
+from blochnet.refine.objective import Objective, joint_figures_of_merit
 from blochnet.refine.parameters import StructureParameters, atom_selection
 from blochnet.refine.report import count_parameters, refined_crystal, write_report
 from blochnet.refine.setup import choose_settings
 from blochnet.refine.thickness import ThicknessConfig
 from blochnet.refine.uncertainty import structure_uncertainties
+from blochnet.runtime import keep_freed_memory
 
 
 class LearningRates(BaseModel):
@@ -42,6 +44,7 @@ class LearningRates(BaseModel):
     xyz: float = Field(5e-4, ge=0, description="free coordinates [fractional]")
     adp: float = Field(3e-4, ge=0, description="Uiso / free Uij [Å²]")
     occupancy: float = Field(0.0, ge=0)
+    absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
     orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
     thickness: float = Field(1e-3, ge=0, description="thickness-model parameters")
 
@@ -55,6 +58,11 @@ class RefineConfig(BaseModel):
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
     epochs: int = Field(40, ge=1)
+    optimiser: Literal["adam", "lbfgs"] = Field(
+        "adam",
+        description="first stage: Adam with per-group learning rates, or L-BFGS (one "
+        "line-searched step per epoch over the groups with a learning rate > 0)",
+    )
     lm_iterations: int = Field(
         0,
         ge=0,
@@ -68,7 +76,13 @@ class RefineConfig(BaseModel):
     refine_adp: str = "all"
     refine_occupancy: str = "none"
     refine_orientation: bool = True
+    refine_absorption: bool = Field(
+        False, description="refine κ, starting from simulation.absorption (0.05 when that is 0)"
+    )
     holdout_fraction: float = Field(0.0, ge=0, lt=0.9, description="frames held out")
+    instability: float = Field(
+        0.0, ge=0, le=1, description="u of the weights w = 1/(σ² + (u·Io)²) of the objective"
+    )
     auto_setup: bool = Field(
         True,
         description=(
@@ -90,6 +104,15 @@ class Refinement(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return sum(objective() for objective in self.objectives)
+
+    def last_r_values(self) -> dict[str, float]:
+        """R1(obs) pooled and as a frame mean of the fit set, and pooled over the held-out
+        observations (nan without), for the parameters of the last ``forward()``."""
+        fit = joint_figures_of_merit(self.objectives, last=True)
+        out = {"r_obs": fit.r1_obs, "r_obs_frame_mean": fit.r1_obs_frame_mean}
+        if not all(bool(o.fit.all()) for o in self.objectives):
+            out["r_free"] = joint_figures_of_merit(self.objectives, subset="free", last=True).r1_obs
+        return out
 
 
 @dataclass
@@ -127,6 +150,10 @@ def build_refinement(
         xyz=atom_selection(config.refine_xyz, labels),
         adp=atom_selection(config.refine_adp, labels),
         occupancy=atom_selection(config.refine_occupancy, labels),
+        absorption=(config.simulation.absorption or 0.05)
+        if config.refine_absorption
+        else config.simulation.absorption,
+        refine_absorption=config.refine_absorption,
     )
     rng = np.random.default_rng(config.seed)
     objectives = []
@@ -146,6 +173,7 @@ def build_refinement(
                 thickness,
                 holdout=holdout,
                 refine_orientation=config.refine_orientation,
+                instability=config.instability,
             )
         )
     return Refinement(structure, objectives)
@@ -176,6 +204,7 @@ def refine(
     per-frame thickness).
     """
     start = time.perf_counter()
+    keep_freed_memory()
     config = config or RefineConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,12 +234,13 @@ def refine(
     record = json.loads(config.model_dump_json()) | {"starting_thickness": starts}
     write_text_atomically(resolved, json.dumps(record, indent=1) + "\n")
     model = build_refinement(crystal, datasets, config, dtype=dtype, device=device, starts=starts)
-    sum_w_io2 = sum(float(((o.i_obs / o.sigma) ** 2)[o.fit].sum()) for o in model.objectives)
+    sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
     rates = config.learning_rates.model_dump()
     history = optimise_adam(
         model, epochs=config.epochs, learning_rates=rates, sum_w_io2=sum_w_io2,
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, after_step=model.structure.keep_adps_positive_definite, report=report,
+        merit=model.last_r_values, method=config.optimiser,
     )  # fmt: skip
     if config.lm_iterations:
         levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
@@ -219,6 +249,6 @@ def refine(
         su = structure_uncertainties(model, n_parameters=count_parameters(model))
     refined = refined_crystal(model.structure, su)
     result = write_report(
-        model, refined, history, config, out, wall_time=time.perf_counter() - start
+        model, refined, history, config, out, wall_time=time.perf_counter() - start, su=su
     )
     return RefinementResult(refined, result, history, out)

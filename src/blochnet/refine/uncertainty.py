@@ -54,10 +54,11 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
 
     Returns ``{"free": (P,) s.u. of the refined free parameters (order of
     ``model.structure.names``), "xyz": (atom, 3), "uij": (atom, 6), "ueq": (atom,),
-    "occupancy": (atom,)}`` (zeros where a value is not refined), plus "gof".
+    "occupancy": (atom,), "absorption": s.u. of κ or None}`` (zeros where a value is not
+    refined), plus "gof".
     """
     structure = model.structure
-    params = [p for p in (structure.xyz_shift, structure.adp_shift, structure.occ_shift)]
+    params = list(structure.shifts())
     active = [p for p in params if p.requires_grad and p.numel()]
 
     def residuals():
@@ -85,7 +86,7 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
     """Through x = x0 + P p, uij = Q q to coordinates, Uij and Ueq."""
     model = structure.model
     n_atom = len(model.crystal.atoms)
-    nx, na, _ = sizes
+    nx, na, no = sizes[:3]
     n_xyz_all, n_adp_all = model.xyz_map.shape[1], model.adp_map.shape[1]
     # refined shifts → all free parameters (selection matrices)
     sel_x = torch.zeros(n_xyz_all, nx, dtype=cov.dtype, device=cov.device)
@@ -104,7 +105,8 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
     jeq = torch.block_diag(*[ueq_row[None]] * n_atom) @ ja  # (atom, na)
     ueq_var = torch.einsum("ik,kl,il->i", jeq, caa, jeq).clamp(min=0)
     occ_var = torch.zeros(n_atom, dtype=cov.dtype, device=cov.device)
-    occ_var[structure.occ_index] = torch.diagonal(cov[nx + na :, nx + na :]).clamp(min=0)
+    occ = slice(nx + na, nx + na + no)
+    occ_var[structure.occ_index] = torch.diagonal(cov[occ, occ]).clamp(min=0)
     free_var = torch.diagonal(cov).clamp(min=0)
     to_np = lambda v: v.sqrt().detach().cpu().numpy()  # noqa: E731
     return {
@@ -113,4 +115,5 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
         "uij": to_np(uij_var).reshape(n_atom, 6),
         "ueq": to_np(ueq_var),
         "occupancy": to_np(occ_var),
+        "absorption": float(to_np(free_var[nx + na + no :]).sum()) if sizes[3] else None,
     }
