@@ -55,10 +55,18 @@ def _message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+_shown: set[str] = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings from the library, as one yellow line on stderr (no source location)."""
+    """Warnings from the library, as one yellow line on stderr (no source location); a
+    message already shown (e.g. by each simulator built from one data set) is not repeated."""
+    text = str(message)
+    if text in _shown:
+        return
+    _shown.add(text)
     console = Console(stderr=True, highlight=False)
-    console.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
+    console.print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
 
 
 warnings.showwarning = _show_warning
@@ -106,6 +114,7 @@ def _main(
     ] = False,
 ) -> None:
     ctx.meta["blochnet.debug"] = debug
+    _shown.clear()  # once per message and command
 
 
 for _name in _COMMAND_MODULES:

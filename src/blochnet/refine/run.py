@@ -57,7 +57,7 @@ class RefineConfig(BaseModel):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(80, ge=1)
     optimiser: Literal["adam", "lbfgs"] = Field(
         "adam",
         description="first stage: Adam with per-group learning rates, or L-BFGS (one "

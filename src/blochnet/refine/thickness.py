@@ -139,7 +139,7 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
     t0 : starting mean thickness [Å], scalar or (frame,); default the middle of t_range.
     t_range : (lo, hi) range of the mean [Å]; default (t0/2, 2·t0), or (300, 1100) Å when
         t0 is not given either.
-    width_range : (lo, hi) range of the width σ [Å].
+    width_range : (lo, hi) range of the width σ [Å]; default (1 Å, half the largest t0).
     width0 : starting width [Å]; default 5 % of t0.
     hidden, activation : hidden layer widths and activation of the network.
     n_samples : number S of thickness samples per frame.
@@ -163,7 +163,7 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         *,
         t0: ArrayLike | None = None,
         t_range: tuple[float, float] | None = None,
-        width_range: tuple[float, float] = (1.0, 200.0),
+        width_range: tuple[float, float] | None = None,
         width0: float | None = None,
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
@@ -176,6 +176,7 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         t0, (self.t_lo, self.t_hi) = start_and_range(
             t0, t_range, self.n_frames, default=DEFAULT_T_RANGE
         )
+        width_range = width_range or (1.0, max(0.5 * float(np.max(t0)), 2.0))
         self.w_lo, self.w_hi = check_interval(width_range, "width_range")
         w0 = 0.05 * t0 if width0 is None else per_frame(width0, self.n_frames, "width0")
         z_t = bounded_inverse(t0, self.t_lo, self.t_hi)
@@ -327,7 +328,9 @@ class ThicknessConfig(BaseModel):
     t_range: tuple[float, float] | None = Field(
         None, description="range of the mean (neural) or of the grid (neural-grid) [Å]"
     )
-    width_range: tuple[float, float] = Field((1.0, 200.0), description="range of σ [Å]")
+    width_range: tuple[float, float] | None = Field(
+        None, description="range of σ [Å]; None: (1, half the starting thickness)"
+    )
     n_samples: int = Field(40, ge=1, le=1000, description="samples per frame (neural)")
     n_grid: int = Field(48, ge=2, le=1000, description="grid points (neural-grid)")
     degree: int = Field(2, ge=0, le=10, description="polynomial degree (profile)")
