@@ -384,3 +384,17 @@ def test_history_records_r_values_of_the_parameters_each_epoch_started_from(synt
     assert first.r_obs == pytest.approx(merit.r1_obs, rel=1e-9)
     assert first.r_obs_frame_mean == pytest.approx(merit.r1_obs_frame_mean, rel=1e-9)
     assert np.isnan(first.r_free)  # nothing held out
+
+
+def test_held_out_frames_are_scored_with_their_own_scale(synthetic):
+    crystal, dataset = synthetic
+    model = build_refinement(crystal, [dataset], _config(holdout_fraction=0.3))
+    objective = model.objectives[0]
+    held = ~objective.fit
+    assert bool(held.any()) and bool(objective.fit.any())
+    fit, free = objective.figures_of_merit(), objective.figures_of_merit(subset="free")
+    assert free.n_all == int(held.sum())
+    # the true structure: the held-out frames agree as well as the fitted ones
+    assert free.r1_obs < max(2 * fit.r1_obs, 0.05)
+    model()
+    assert model.last_r_values()["r_free"] == pytest.approx(free.r1_obs, rel=1e-9)

@@ -70,7 +70,9 @@ class Objective(nn.Module):
         return self.simulator.dataset.n_frames
 
     def calculated(self) -> tuple[Tensor, Tensor]:
-        """Unscaled Ic (used,) and the fit-set scales (frame,)."""
+        """Unscaled Ic (used,) and the scales (frame,): fitted on the fit set, and for a
+        frame with no fit rows (a held-out frame) on its own rows, the one quantity a
+        held-out frame sets itself."""
         samples, weights = self.thickness()
         ic = self.simulator.intensities(
             self.structure.atoms(),
@@ -83,6 +85,12 @@ class Objective(nn.Module):
         scales = optimal_scales(
             self.i_obs[fit], self.weight_sigma[fit], ic[fit], self.frame[fit], self.n_frames
         )
+        if not bool(fit.all()):
+            has_fit = torch.bincount(self.frame[fit], minlength=self.n_frames) > 0
+            own = optimal_scales(
+                self.i_obs, self.weight_sigma, ic.detach(), self.frame, self.n_frames
+            )
+            scales = torch.where(has_fit, scales, own)
         return ic, scales
 
     def forward(self) -> Tensor:
