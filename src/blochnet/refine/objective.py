@@ -7,7 +7,8 @@ compared observations of the fit set, with Ic the frame-integrated intensity ave
 the thickness model's samples and k_f the closed-form least-squares scale of frame f
 (:func:`optimal_scales`), which is differentiated through. wR2 = sqrt(L / Σ w Io²).
 Observations held out for validation (an R-free analogue) are simulated with the same
-parameters and scored with scales fitted on the fit set only.
+parameters and scored with the fit set's scales; a frame held out whole gets a scale
+fitted on its own rows.
 """
 
 from __future__ import annotations

@@ -48,14 +48,15 @@ def write_report(
     """Write ``report.json`` and ``refined.cif`` to ``out``; return the report."""
     first = model.objectives[0]
     n_parameters = count_parameters(model)
-    merit = joint_figures_of_merit(model.objectives, n_parameters=n_parameters)
+    with torch.no_grad():
+        model()  # one simulation per data set at the final parameters; reused below
+    merit = joint_figures_of_merit(model.objectives, n_parameters=n_parameters, last=True)
     free = not all(bool(o.fit.all()) for o in model.objectives)
     frames = []
     for objective in model.objectives:
         thickness = objective.thickness.summary()
-        with torch.no_grad():
-            _, scales = objective.calculated()
-        fm = objective.figures_of_merit(subset="all")
+        scales = objective.scored("all", last=True)["scales"]
+        fm = joint_figures_of_merit([objective], subset="all", last=True)
         rotation = (
             objective.orientation.detach().cpu().numpy()
             if objective.orientation is not None
@@ -85,7 +86,9 @@ def write_report(
         "n_parameters": n_parameters,
         "selection_rule": first.simulator.selection.rule,
         "selection_counts": first.simulator.selection.counts(),
-        "r_free": joint_figures_of_merit(model.objectives, subset="free").r1_obs if free else None,
+        "r_free": joint_figures_of_merit(model.objectives, subset="free", last=True).r1_obs
+        if free
+        else None,
         "atoms": [_atom_entry(atom) for atom in crystal.atoms],
         "absorption": {
             "kappa": float(model.structure.absorption()),
