@@ -95,7 +95,8 @@ def optimise_adam(
     evaluations of the objective), over every group with a learning rate > 0 (the rates
     themselves are not used: the step comes from the curvature estimate).
 
-    ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history. ``after_step`` runs
+    ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history where ``merit`` does
+    not give ``wr2`` itself (it must for a loss other than least squares). ``after_step`` runs
     after every step (e.g. projections such as positive-definite ADPs). ``merit``, called
     after each evaluation of the objective, gives further :class:`EpochRecord` fields
     (``r_obs``, ``r_obs_frame_mean``, ``r_free``) for the same parameters.
@@ -129,9 +130,8 @@ def optimise_adam(
         if after_step is not None:
             after_step()
         value = float(loss.detach())
-        record = EpochRecord(
-            epoch + 1, value, math.sqrt(value / sum_w_io2), time.perf_counter() - tick, **extra
-        )
+        wr2 = extra.pop("wr2", math.sqrt(value / sum_w_io2))
+        record = EpochRecord(epoch + 1, value, wr2, time.perf_counter() - tick, **extra)
         history.append(record)
         if report is not None:
             report(record)

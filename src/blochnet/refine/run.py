@@ -83,6 +83,14 @@ class RefineConfig(BaseModel):
     instability: float = Field(
         0.0, ge=0, le=1, description="u of the weights w = 1/(σ² + (u·Io)²) of the objective"
     )
+    robust: float = Field(
+        2.385,
+        ge=0,
+        description=(
+            "b of the robust (Cauchy) loss, c = b × the robust scale of the weighted "
+            "residuals (see blochnet.refine.objective); 0: plain weighted least squares"
+        ),
+    )
     auto_setup: bool = Field(
         True,
         description=(
@@ -105,11 +113,22 @@ class Refinement(nn.Module):
     def forward(self) -> torch.Tensor:
         return sum(objective() for objective in self.objectives)
 
+    def update_robust_scale(self, *, fresh: bool = False) -> None:
+        """Update c of every data set's robust loss (see :class:`Objective`)."""
+        for objective in self.objectives:
+            objective.update_robust_scale(fresh=fresh)
+
+    def after_step(self) -> None:
+        """After every optimiser step: positive-definite ADPs, κ ≥ 0, robust scale."""
+        self.structure.keep_adps_positive_definite()
+        self.update_robust_scale()
+
     def last_r_values(self) -> dict[str, float]:
-        """R1(obs) pooled and as a frame mean of the fit set, and pooled over the held-out
-        observations (nan without), for the parameters of the last ``forward()``."""
+        """wR2 and R1(obs) (pooled and as a frame mean) of the fit set, and R1(obs) pooled
+        over the held-out observations (nan without), for the parameters of the last
+        ``forward()``."""
         fit = joint_figures_of_merit(self.objectives, last=True)
-        out = {"r_obs": fit.r1_obs, "r_obs_frame_mean": fit.r1_obs_frame_mean}
+        out = {"wr2": fit.wr2, "r_obs": fit.r1_obs, "r_obs_frame_mean": fit.r1_obs_frame_mean}
         if not all(bool(o.fit.all()) for o in self.objectives):
             out["r_free"] = joint_figures_of_merit(self.objectives, subset="free", last=True).r1_obs
         return out
@@ -174,6 +193,7 @@ def build_refinement(
                 holdout=holdout,
                 refine_orientation=config.refine_orientation,
                 instability=config.instability,
+                robust=config.robust,
             )
         )
     return Refinement(structure, objectives)
@@ -239,7 +259,7 @@ def refine(
     history = optimise_adam(
         model, epochs=config.epochs, learning_rates=rates, sum_w_io2=sum_w_io2,
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
-        resume=resume, after_step=model.structure.keep_adps_positive_definite, report=report,
+        resume=resume, after_step=model.after_step, report=report,
         merit=model.last_r_values, method=config.optimiser,
     )  # fmt: skip
     if config.lm_iterations:
