@@ -94,17 +94,28 @@ def test_lbfgs_moves_a_displaced_atom_back_in_fewer_epochs(synthetic, tmp_path):
 
 
 def test_interrupted_refinement_resumes_to_the_same_result(synthetic, tmp_path):
+    """With the robust loss (its scale is saved) and decaying learning rates (a function
+    of the epoch number) the resumed run takes the same steps."""
     crystal, dataset = synthetic
     start = _moved(crystal, 0.05)
-    config = _config(epochs=6, checkpoint_every=2)
+    config = _config(epochs=6, checkpoint_every=2, lr_final=0.2)
     straight = refine(start, [dataset], tmp_path / "a", config)
-    refine(start, [dataset], tmp_path / "b", config.model_copy(update={"epochs": 4}))
+
+    def interrupt(record):  # Ctrl-C during epoch 5, after the checkpoint of epoch 4
+        if record.epoch == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        refine(start, [dataset], tmp_path / "b", config, report=interrupt)
     resumed = refine(start, [dataset], tmp_path / "b", config, resume=True)
     assert len(resumed.history) == 6
     np.testing.assert_allclose(
         resumed.crystal.atom("O1").xyz, straight.crystal.atom("O1").xyz, atol=1e-12
     )
     assert resumed.history[-1].loss == pytest.approx(straight.history[-1].loss, rel=1e-10)
+    constant = refine(start, [dataset], tmp_path / "c", config.model_copy(update={"lr_final": 1}))
+    assert constant.history[1].loss == straight.history[1].loss  # the same first step ...
+    assert constant.history[-1].loss != straight.history[-1].loss  # ... then smaller ones
 
 
 def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(synthetic):
@@ -363,9 +374,9 @@ def test_levenberg_marquardt_recovers_the_absorption_of_synthetic_data():
 def test_instability_factor_lowers_the_weight_of_strong_observations(synthetic):
     crystal, dataset = synthetic
     plain = build_refinement(crystal, [dataset], _config(robust=0.0)).objectives[0]
-    damped = build_refinement(
-        crystal, [dataset], _config(instability=0.05, robust=0.0)
-    ).objectives[0]
+    damped = build_refinement(crystal, [dataset], _config(instability=0.05, robust=0.0)).objectives[
+        0
+    ]
     expected = torch.sqrt(plain.sigma**2 + (0.05 * plain.i_obs.clamp_min(0)) ** 2)
     torch.testing.assert_close(damped.weight_sigma, expected)
     # the objective is Σ((Io − k Ic)/σ_w)² with k the least-squares scale under those weights

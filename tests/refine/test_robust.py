@@ -8,13 +8,13 @@ import torch
 
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
+from blochnet.experiment.merit import optimal_scales
 from blochnet.experiment.synthetic import (
     ConstantThickness,
     GeneratedGeometry,
     NoiseModel,
     simulate_experiment,
 )
-from blochnet.experiment.merit import optimal_scales
 from blochnet.io.cif import read_structure
 from blochnet.physics.lattice import direct_matrix
 from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
@@ -87,9 +87,9 @@ def test_robust_scale_follows_the_residuals_and_never_falls_below_sigma(syntheti
     with torch.no_grad():
         model()
         ic, _ = objective.calculated()
-        fit, frame = objective.fit, objective.frame
+        fit, frame, n = objective.fit, objective.frame, objective.n_frames
         scales = optimal_scales(  # those of the first evaluation: least squares
-            objective.i_obs[fit], objective.weight_sigma[fit], ic[fit], frame[fit], objective.n_frames
+            objective.i_obs[fit], objective.weight_sigma[fit], ic[fit], frame[fit], n
         )
         r = ((objective.i_obs - scales[frame] * ic) / objective.weight_sigma)[fit]
     expected = 2.0 * max(1.4826 * float(r.abs().median()), 1.0)
@@ -99,7 +99,8 @@ def test_robust_scale_follows_the_residuals_and_never_falls_below_sigma(syntheti
     assert float(objective.robust_c) > expected
     least_squares = build_refinement(crystal, [dataset], _config(robust=0.0)).objectives[0]
     with torch.no_grad():
-        assert float(least_squares()) == pytest.approx(float((_plain_residuals(least_squares) ** 2).sum()))
+        plain = float((_plain_residuals(least_squares) ** 2).sum())
+        assert float(least_squares()) == pytest.approx(plain)
 
 
 def test_robust_loss_keeps_an_atom_in_place_despite_gross_outliers(synthetic, tmp_path):
@@ -117,7 +118,8 @@ def test_robust_loss_keeps_an_atom_in_place_despite_gross_outliers(synthetic, tm
 
     def error(robust):
         result = refine(crystal, [corrupted], tmp_path / f"r{robust}", _config(robust=robust))
-        return float(np.linalg.norm(cell @ (result.crystal.atom("O1").xyz - crystal.atom("O1").xyz)))
+        moved = result.crystal.atom("O1").xyz - crystal.atom("O1").xyz
+        return float(np.linalg.norm(cell @ moved))
 
     least_squares, robust = error(0.0), error(2.385)
     assert least_squares > 0.01  # the outliers do bias least squares

@@ -84,6 +84,7 @@ def refine(
         report=report,
         lm_report=lm_report,
         setup_report=None if quiet else (lambda line: console.print(f"setup: {line}")),
+        stage_report=None if quiet else console.print,
     )
     r = result.report
     Console().print(

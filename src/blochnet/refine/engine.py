@@ -88,12 +88,17 @@ def optimise_adam(
     report: Callable[[EpochRecord], None] | None = None,
     merit: Callable[[], dict[str, float]] | None = None,
     method: Literal["adam", "lbfgs"] = "adam",
+    lr_final: float = 1.0,
 ) -> list[EpochRecord]:
     """Minimise ``objective()`` with Adam (or L-BFGS); returns the per-epoch history.
 
     ``method="lbfgs"``: one L-BFGS step with a strong-Wolfe line search per epoch (several
     evaluations of the objective), over every group with a learning rate > 0 (the rates
     themselves are not used: the step comes from the curvature estimate).
+
+    ``lr_final`` < 1 (Adam): every group's rate follows a cosine from its value at the
+    first epoch to ``lr_final`` times it at the last (a function of the epoch number
+    alone, so a resumed run takes the same steps).
 
     ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history where ``merit`` does
     not give ``wr2`` itself (it must for a loss other than least squares). ``after_step`` runs
@@ -114,8 +119,14 @@ def optimise_adam(
         history = [EpochRecord(**h) for h in state["history"]]
         start_epoch = len(history)
     good = copy.deepcopy(objective.state_dict())
+    base_rates = [group["lr"] for group in groups]
     for epoch in range(start_epoch, epochs):
         tick = time.perf_counter()
+        if method == "adam" and lr_final != 1.0:
+            cosine = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs - 1, 1)))
+            factor = lr_final + (1 - lr_final) * cosine
+            for group, rate in zip(optimiser.param_groups, base_rates, strict=True):
+                group["lr"] = rate * factor
         optimiser.zero_grad()
         loss = objective()
         _check_finite(objective, loss, good)

@@ -15,10 +15,11 @@ least-squares scale of frame f (:func:`optimal_scales`, differentiated through):
   overlapped or badly integrated spot) counts logarithmically instead of quadratically, so
   a few of them cannot pull the model away from the rest; the frame scales are then
   weighted least squares with the weights reduced by 1/(1 + (r/c)²), r the residuals of
-  the plain scales (one reweighting step, differentiated through). b = 2.385 keeps 95 % of the
-  efficiency of least squares for normal errors. s is set from the residuals of the
-  first evaluation (with least-squares scales) and updated after every optimiser step (:meth:`Objective.update_robust_scale`), so it
-  follows the fit as it improves; it is saved with the checkpoint. The per-observation
+  the plain scales (one reweighting step, differentiated through). b = 2.385 keeps 95 %
+  of the efficiency of least squares for normal errors. s is set from the residuals of
+  the first evaluation (with least-squares scales) and updated after every optimiser
+  step (:meth:`Objective.update_robust_scale`), so it follows the fit as it improves; it
+  is saved with the checkpoint. The per-observation
   form ``residuals()`` is r̃ = sign(r)·c·sqrt(ln(1 + (r/c)²)), with Σ r̃² = L, so the
   Gauss–Newton steps and s.u. use the same loss (iteratively reweighted least squares).
 
@@ -81,8 +82,9 @@ class Objective(nn.Module):
         fit = np.ones(len(rows), bool) if holdout is None else ~np.asarray(holdout, bool)
         self.register_buffer("fit", torch.as_tensor(fit, device=model.device))
         self.robust = float(robust)
+        start_c = math.nan if robust > 0 else 0.0  # nan: set by the first evaluation
         self.register_buffer(
-            "robust_c", torch.tensor(math.nan if robust > 0 else 0.0, dtype=model.dtype, device=model.device)
+            "robust_c", torch.tensor(start_c, dtype=model.dtype, device=model.device)
         )
         n_frames = ds.n_frames
         self.orientation = (

@@ -63,6 +63,13 @@ class RefineConfig(BaseModel):
         description="first stage: Adam with per-group learning rates, or L-BFGS (one "
         "line-searched step per epoch over the groups with a learning rate > 0)",
     )
+    lr_final: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Adam: the learning rates decay along a cosine to this fraction of "
+        "themselves at the last epoch (1: constant)",
+    )
     lm_iterations: int = Field(
         0,
         ge=0,
@@ -211,6 +218,7 @@ def refine(
     report: Callable[[EpochRecord], None] | None = None,
     lm_report: Callable[[LMRecord], None] | None = None,
     setup_report: Callable[[str], None] | None = None,
+    stage_report: Callable[[str], None] | None = None,
 ) -> RefinementResult:
     """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
 
@@ -218,7 +226,8 @@ def refine(
     ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
     ``refined.cif``, each atomically. With ``config.auto_setup``, settings the
     configuration leaves open are first chosen from the data (:mod:`blochnet.refine.setup`;
-    each choice is passed to ``setup_report``) and saved in ``config.json``. Adam runs
+    each choice is passed to ``setup_report``) and saved in ``config.json``; the stages
+    after the epochs (the s.u.) are announced through ``stage_report``. Adam runs
     first (every group, networks included), then ``config.lm_iterations``
     Levenberg–Marquardt steps on the physical parameters (structure, orientations,
     per-frame thickness).
@@ -260,13 +269,19 @@ def refine(
         model, epochs=config.epochs, learning_rates=rates, sum_w_io2=sum_w_io2,
         checkpoint=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
         resume=resume, after_step=model.after_step, report=report,
-        merit=model.last_r_values, method=config.optimiser,
+        merit=model.last_r_values, method=config.optimiser, lr_final=config.lr_final,
     )  # fmt: skip
     if config.lm_iterations:
         levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
     su = None
     if any(p.requires_grad and p.numel() for p in model.structure.parameters()):
+        if stage_report is not None:
+            n_su = sum(p.numel() for p in model.structure.shifts() if p.requires_grad)
+            stage_report(f"standard uncertainties: Jacobian of {n_su} structure parameters")
+        tick = time.perf_counter()
         su = structure_uncertainties(model, n_parameters=count_parameters(model))
+        if stage_report is not None:
+            stage_report(f"standard uncertainties done ({time.perf_counter() - tick:.0f} s)")
     refined = refined_crystal(model.structure, su)
     result = write_report(
         model, refined, history, config, out, wall_time=time.perf_counter() - start, su=su
