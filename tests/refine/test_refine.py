@@ -114,8 +114,8 @@ def test_interrupted_refinement_resumes_to_the_same_result(synthetic, tmp_path):
     )
     assert resumed.history[-1].loss == pytest.approx(straight.history[-1].loss, rel=1e-10)
     constant = refine(start, [dataset], tmp_path / "c", config.model_copy(update={"lr_final": 1}))
-    assert constant.history[1].loss == straight.history[1].loss  # the same first step ...
-    assert constant.history[-1].loss != straight.history[-1].loss  # ... then smaller ones
+    assert constant.history[1].loss == pytest.approx(straight.history[1].loss, rel=1e-12)
+    assert constant.history[-1].loss != pytest.approx(straight.history[-1].loss, rel=1e-6)
 
 
 def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(synthetic):
@@ -296,11 +296,10 @@ def test_levenberg_marquardt_recovers_position_and_thickness_in_a_few_steps(synt
     model = _lm_model(_moved(crystal, 0.05), dataset)
     history = levenberg_marquardt(model, iterations=8, max_rotation=1e-3)
     assert model.objectives[0].orientation.abs().max() <= 8 * 1e-3 + 1e-12  # trust region
-    assert history[-1].loss < 0.05 * float(
-        sum(
-            (o.residuals() ** 2).sum() for o in _lm_model(_moved(crystal, 0.05), dataset).objectives
-        )
-    )
+    with torch.no_grad():
+        start = _lm_model(_moved(crystal, 0.05), dataset).objectives
+        start_loss = float(sum((o.residuals() ** 2).sum() for o in start))
+    assert history[-1].loss < 0.05 * start_loss
     refined = refined_crystal(model.structure)
     assert _distance(crystal, refined, crystal) < 0.005
     thickness = model.objectives[0].thickness.summary()["mean"]
@@ -366,7 +365,7 @@ def test_levenberg_marquardt_recovers_the_absorption_of_synthetic_data():
     model.structure.kappa_shift.requires_grad_(True)
     levenberg_marquardt(model, iterations=6)
     su = structure_uncertainties(model, n_parameters=1)
-    kappa = float(model.structure.absorption())
+    kappa = float(model.structure.absorption().detach())
     assert abs(kappa - 0.08) < max(3 * su["absorption"], 0.004)
     assert 0 < su["absorption"] < 0.01
 

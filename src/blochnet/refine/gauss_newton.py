@@ -196,6 +196,7 @@ def levenberg_marquardt(
             break
         if hasattr(model, "update_robust_scale"):
             model.update_robust_scale(fresh=True)  # c follows the fit, fixed within a step
-            loss = float(sum((o.residuals() ** 2).sum() for o in model.objectives).detach())
+            with torch.no_grad():
+                loss = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
         r, jac, blocks = jacobian(model)
     return history
