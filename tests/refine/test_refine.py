@@ -19,7 +19,7 @@ from blochnet.experiment.synthetic import (
 )
 from blochnet.io.cif import read_structure
 from blochnet.physics.lattice import direct_matrix
-from blochnet.refine.engine import RefinementError, optimise_adam
+from blochnet.refine.engine import EpochRecord, RefinementError, _converged, optimise_adam
 from blochnet.refine.gauss_newton import jacobian, levenberg_marquardt
 from blochnet.refine.report import count_parameters, refined_crystal
 from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
@@ -414,3 +414,12 @@ def test_held_out_frames_are_scored_with_their_own_scale(synthetic):
     assert free.r1_obs < max(2 * fit.r1_obs, 0.05)
     model()
     assert model.last_r_values()["r_free"] == pytest.approx(free.r1_obs, rel=1e-9)
+
+
+def test_convergence_needs_a_flat_loss_not_a_rise_after_an_overshooting_step():
+    def history(losses):
+        return [EpochRecord(i + 1, loss, 0.0, 0.0) for i, loss in enumerate(losses)]
+
+    assert not _converged(history([1.0, 5.0, 4.0, 3.0, 2.5]), 1e-5, 3)  # overshoot, recovering
+    assert not _converged(history([3.0, 2.0, 1.5, 1.2, 1.0]), 1e-5, 3)  # still dropping
+    assert _converged(history([3.0, 1.0, 1.0, 1.0, 1.0]), 1e-5, 3)  # flat

@@ -225,10 +225,13 @@ def save_checkpoint(path: Path, objective: nn.Module, optimiser, history) -> Non
 
 
 def _converged(history: list[EpochRecord], tolerance: float, patience: int) -> bool:
+    """The best loss of the last ``patience`` epochs is within ``tolerance`` (relative) of
+    the loss before them: no longer dropping, and not a transient rise either (a step
+    that overshot, after which the loss is still coming down)."""
     if len(history) <= patience:
         return False
     before, now = history[-patience - 1].loss, min(h.loss for h in history[-patience:])
-    return (before - now) <= tolerance * before
+    return abs(before - now) <= tolerance * before
 
 
 def _check_finite(objective: nn.Module, loss, good: dict, *, gradients: bool = False) -> None:
