@@ -46,7 +46,7 @@ class LearningRates(BaseModel):
     occupancy: float = Field(0.0, ge=0)
     absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
     orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
-    thickness: float = Field(1e-3, ge=0, description="thickness-model parameters")
+    thickness: float = Field(3e-3, ge=0, description="thickness-model parameters")
 
 
 class RefineConfig(BaseModel):
