@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from blochnet.cli.main import app
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
+from blochnet.experiment.merit import optimal_scales
 from blochnet.experiment.synthetic import (
     ConstantThickness,
     GeneratedGeometry,
@@ -423,3 +424,80 @@ def test_convergence_needs_a_flat_loss_not_a_rise_after_an_overshooting_step():
     assert not _converged(history([1.0, 5.0, 4.0, 3.0, 2.5]), 1e-5, 3)  # overshoot, recovering
     assert not _converged(history([3.0, 2.0, 1.5, 1.2, 1.0]), 1e-5, 3)  # still dropping
     assert _converged(history([3.0, 1.0, 1.0, 1.0, 1.0]), 1e-5, 3)  # flat
+
+
+# The robust (Cauchy) loss: its residual form, its scale, and what it is for (outliers).
+
+
+def _plain_residuals(objective):
+    ic, scales = objective.calculated()
+    return ((objective.i_obs - scales[objective.frame] * ic) / objective.weight_sigma)[
+        objective.fit
+    ]
+
+
+def test_robust_residuals_square_to_the_cauchy_loss_and_are_smooth_at_zero(synthetic):
+    crystal, dataset = synthetic
+    objective = build_refinement(crystal, [dataset], _config()).objectives[0]
+    with torch.no_grad():
+        objective()  # the first evaluation sets c
+        loss = objective()
+        c = float(objective.robust_c)
+        r = _plain_residuals(objective)
+        assert torch.isfinite(loss) and c > 0
+        assert float(loss) == pytest.approx(float((c**2 * torch.log1p((r / c) ** 2)).sum()))
+        assert float((objective.residuals() ** 2).sum()) == pytest.approx(float(loss))
+        # small residuals count as in least squares, large ones far less
+        assert float(objective._robust_form(torch.tensor([1e-3 * c]))) == pytest.approx(1e-3 * c)
+        assert float(objective._robust_form(torch.tensor([30 * c]))) < 3 * c
+    x = torch.tensor([0.0, 1e-6, -0.5, 2.0, -40.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(objective._robust_form, (x,))
+    (gradient,) = torch.autograd.grad(objective._robust_form(x).sum(), x)
+    assert torch.all(torch.isfinite(gradient)) and float(gradient[0]) == pytest.approx(1.0)
+
+
+def test_robust_scale_follows_the_residuals_and_never_falls_below_sigma(synthetic):
+    crystal, dataset = synthetic
+    model = build_refinement(crystal, [dataset], _config(robust=2.0))
+    objective = model.objectives[0]
+    assert torch.isnan(objective.robust_c)  # set by the first evaluation
+    with torch.no_grad():
+        model()
+        ic, _ = objective.calculated()
+        fit, frame, n = objective.fit, objective.frame, objective.n_frames
+        scales = optimal_scales(  # those of the first evaluation: least squares
+            objective.i_obs[fit], objective.weight_sigma[fit], ic[fit], frame[fit], n
+        )
+        r = ((objective.i_obs - scales[frame] * ic) / objective.weight_sigma)[fit]
+    expected = 2.0 * max(1.4826 * float(r.abs().median()), 1.0)
+    assert float(objective.robust_c) == pytest.approx(expected)
+    objective.i_obs.copy_(objective.i_obs * 1.5)  # a worse fit: the scale grows with it
+    model.update_robust_scale(fresh=True)
+    assert float(objective.robust_c) > expected
+    least_squares = build_refinement(crystal, [dataset], _config(robust=0.0)).objectives[0]
+    with torch.no_grad():
+        plain = float((_plain_residuals(least_squares) ** 2).sum())
+        assert float(least_squares()) == pytest.approx(plain)
+
+
+def test_robust_loss_keeps_an_atom_in_place_despite_gross_outliers(synthetic, tmp_path):
+    """Eight observations (about 3 %) made 5-20× too strong, as overlapped or badly
+    integrated spots are: least squares moves O1 away from the truth to fit them, the
+    robust loss hardly notices them."""
+    crystal, dataset = synthetic
+    corrupted = copy.deepcopy(dataset)
+    rng = np.random.default_rng(0)
+    intensity = corrupted.reflections.intensity
+    strong = np.flatnonzero(intensity > 10 * corrupted.reflections.sigma)
+    bad = rng.choice(strong, 8, replace=False)
+    intensity[bad] *= rng.uniform(5, 20, len(bad))
+    cell = direct_matrix(crystal.cell)
+
+    def error(robust):
+        result = refine(crystal, [corrupted], tmp_path / f"r{robust}", _config(robust=robust))
+        moved = result.crystal.atom("O1").xyz - crystal.atom("O1").xyz
+        return float(np.linalg.norm(cell @ moved))
+
+    least_squares, robust = error(0.0), error(2.385)
+    assert least_squares > 0.01  # the outliers do bias least squares
+    assert robust < 0.3 * least_squares and robust < 0.005
