@@ -194,9 +194,8 @@ def levenberg_marquardt(
         loss = trial
         if converged or iteration == iterations:
             break
-        if hasattr(model, "update_robust_scale"):
-            model.update_robust_scale(fresh=True)  # c follows the fit, fixed within a step
-            with torch.no_grad():
-                loss = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+        model.update_robust_scale(fresh=True)  # c follows the fit, fixed within a step
+        with torch.no_grad():
+            loss = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
         r, jac, blocks = jacobian(model)
     return history

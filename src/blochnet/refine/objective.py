@@ -19,9 +19,9 @@ least-squares scale of frame f (:func:`optimal_scales`, differentiated through):
   of the efficiency of least squares for normal errors. s is set from the residuals of
   the first evaluation (with least-squares scales) and updated after every optimiser
   step (:meth:`Objective.update_robust_scale`), so it follows the fit as it improves; it
-  is saved with the checkpoint. The per-observation
-  form ``residuals()`` is r̃ = sign(r)·c·sqrt(ln(1 + (r/c)²)), with Σ r̃² = L, so the
-  Gauss–Newton steps and s.u. use the same loss (iteratively reweighted least squares).
+  is saved with the checkpoint. The per-observation form ``residuals()`` is
+  r̃ = sign(r)·c·sqrt(ln(1 + (r/c)²)), with Σ r̃² = L, so the Gauss–Newton steps and the
+  s.u. use the same loss (iteratively reweighted least squares).
 
 The reported R values and wR2 always use w = 1/σ².
 Observations held out for validation (an R-free analogue) are simulated with the same
