@@ -58,8 +58,8 @@ def _group_of(name: str) -> str:
 def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
     """Adam parameter groups: "xyz", "adp", "occupancy", "absorption" (structure shifts),
     "orientation" (per-frame rotation vectors) and "thickness" (every thickness-model
-    parameter). A group
-    with learning rate 0 is fixed (its parameters get ``requires_grad=False``)."""
+    parameter). A group with learning rate 0 is fixed (its parameters get
+    ``requires_grad=False``)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, param in objective.named_parameters():
         groups.setdefault(_group_of(name), []).append((name, param))

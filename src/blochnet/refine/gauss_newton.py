@@ -143,6 +143,12 @@ def _limit_rotations(blocks: list[_Block], delta: Tensor, max_rotation: float) -
     return delta
 
 
+def _loss(model) -> float:
+    """The objective Σ r² at the current parameters (no graph)."""
+    with torch.no_grad():
+        return float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+
+
 def levenberg_marquardt(
     model,
     *,
@@ -173,8 +179,7 @@ def levenberg_marquardt(
             delta = -torch.linalg.solve(normal + damping * torch.diag(scale), gradient)
             delta = _limit_rotations(blocks, delta, max_rotation)
             _apply(blocks, delta)
-            with torch.no_grad():
-                trial = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+            trial = _loss(model)
             shift_su = float((delta.abs() / su.clamp(min=1e-30)).max())
             accepted = trial < loss
             if accepted:
@@ -195,7 +200,6 @@ def levenberg_marquardt(
         if converged or iteration == iterations:
             break
         model.update_robust_scale(fresh=True)  # c follows the fit, fixed within a step
-        with torch.no_grad():
-            loss = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+        loss = _loss(model)
         r, jac, blocks = jacobian(model)
     return history

@@ -116,12 +116,12 @@ class Objective(nn.Module):
         if self.robust > 0:
             # one reweighting step: the frame scales of the robust loss, with the weights
             # 1/(1 + (r/c)²) of the least-squares scales' residuals
-            r = (self.i_obs - scales[self.frame] * ic) / self.weight_sigma
+            r = self._weighted(ic, scales)
             if bool(torch.isnan(self.robust_c)):
-                self._set_robust_scale(r[fit].detach())
+                self._set_robust_scale(r.detach())
             down = torch.sqrt(1 + (r / self.robust_c) ** 2)
             scales = optimal_scales(
-                self.i_obs[fit], (self.weight_sigma * down)[fit], ic[fit], self.frame[fit],
+                self.i_obs[fit], self.weight_sigma[fit] * down, ic[fit], self.frame[fit],
                 self.n_frames,
             )  # fmt: skip
         if not bool(fit.all()):
@@ -136,8 +136,11 @@ class Objective(nn.Module):
         """The loss over the fit set: Σ w (Io − k Ic)², or its robust form (module notes)."""
         ic, scales = self.calculated()
         self._last = (ic.detach(), scales.detach())
-        r = ((self.i_obs - scales[self.frame] * ic) / self.weight_sigma)[self.fit]
-        return (self._robust_form(r) ** 2).sum()
+        return (self._robust_form(self._weighted(ic, scales)) ** 2).sum()
+
+    def _weighted(self, ic: Tensor, scales: Tensor) -> Tensor:
+        """(fit,) weighted residuals (Io − k Ic)/σ_w of the fit set."""
+        return ((self.i_obs - scales[self.frame] * ic) / self.weight_sigma)[self.fit]
 
     def _robust_form(self, r: Tensor) -> Tensor:
         """r̃ = sign(r)·c·sqrt(ln(1 + (r/c)²)) (r itself for least squares)."""
@@ -164,8 +167,7 @@ class Objective(nn.Module):
                 ic, scales = self.calculated()
         else:
             ic, scales = self._last
-        r = ((self.i_obs - scales[self.frame] * ic) / self.weight_sigma)[self.fit]
-        self._set_robust_scale(r)
+        self._set_robust_scale(self._weighted(ic, scales))
 
     def scored(self, subset: str = "fit", *, last: bool = False) -> dict[str, Tensor]:
         """``i_obs``, ``sigma``, scaled ``i_calc`` and ``frame`` of one subset ("fit", the
@@ -189,9 +191,7 @@ class Objective(nn.Module):
     def residuals(self) -> Tensor:
         """(fit,) residuals of the loss: (Io − k Ic)/σ_w of the fit set, or their robust
         form r̃ (module notes); the loss is their sum of squares."""
-        ic, scales = self.calculated()
-        r = ((self.i_obs - scales[self.frame] * ic) / self.weight_sigma)[self.fit]
-        return self._robust_form(r)
+        return self._robust_form(self._weighted(*self.calculated()))
 
     def figures_of_merit(self, *, n_parameters: int = 0, subset: str = "fit") -> FiguresOfMerit:
         """R values of the fit set (``"fit"``), the held-out set (``"free"``) or ``"all"``."""

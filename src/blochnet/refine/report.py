@@ -91,7 +91,7 @@ def write_report(
         else None,
         "atoms": [_atom_entry(atom) for atom in crystal.atoms],
         "absorption": {
-            "kappa": float(model.structure.absorption()),
+            "kappa": float(torch.as_tensor(model.structure.absorption()).detach()),
             "su": (su or {}).get("absorption"),
             "refined": bool(model.structure.kappa_shift.numel()),
         },
