@@ -143,7 +143,8 @@ def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(
 
 def test_report_holds_the_documented_fields(synthetic, tmp_path):
     crystal, dataset = synthetic
-    refine(crystal, [dataset], tmp_path, _config(epochs=2))
+    thickness = ThicknessConfig(kind="neural", t0=500.0, shape="flexible", n_samples=4)
+    refine(crystal, [dataset], tmp_path, _config(epochs=2, thickness=thickness))
     report = json.loads((tmp_path / "report.json").read_text())
     for key in (
         "r_obs",
@@ -164,6 +165,8 @@ def test_report_holds_the_documented_fields(synthetic, tmp_path):
     assert all(x > 0 for x in report["atoms"][1]["xyz_su"])  # O1: refined coordinates
     assert "(" in (tmp_path / "refined.cif").read_text()  # s.u. in parenthesis notation
     assert len(report["frames"]) == dataset.n_frames
+    frame = report["frames"][0]
+    assert {"thickness_mean", "thickness_width", "thickness_flatness", "scale"} <= set(frame)
     assert (tmp_path / "refined.cif").read_text().startswith("data_")
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
 

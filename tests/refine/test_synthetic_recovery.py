@@ -71,7 +71,8 @@ def test_refinement_recovers_positions_adps_and_thickness_of_quartz(bench, quart
 
 
 def test_neural_thickness_predicts_held_out_frames_better_than_single_thicknesses(bench, quartz):
-    rows = bench.comparison(quartz, kinds=("global", "frame", "neural"), seed=0)
+    kinds = {label: bench.KINDS[label] for label in ("global", "frame", "neural")}
+    rows = bench.comparison(quartz, kinds=kinds, seed=0)
     held_out_wr2 = {r["model"]: r["free"][1] for r in rows}
     assert set(held_out_wr2) == {"global", "frame (t0)", "frame", "neural", "true"}
     assert held_out_wr2["neural"] < held_out_wr2["global"]

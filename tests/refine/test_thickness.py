@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 
 import numpy as np
@@ -86,10 +88,71 @@ def test_forward_is_deterministic_and_the_same_seed_gives_the_same_model(kind):
 
 
 def test_different_seeds_draw_different_fixed_noise():
-    a = NeuralGaussianThickness(ANGLES, t0=T0, seed=0)
-    b = NeuralGaussianThickness(ANGLES, t0=T0, seed=1)
+    a = NeuralGaussianThickness(ANGLES, t0=T0, seed=0, nodes="random")
+    b = NeuralGaussianThickness(ANGLES, t0=T0, seed=1, nodes="random")
     assert not torch.equal(a.eps, b.eps)
     assert not torch.equal(a.network[0].weight, b.network[0].weight)
+
+
+def test_quantile_nodes_are_the_standardised_normal_quantiles():
+    model = NeuralGaussianThickness(ANGLES, t0=T0, n_samples=50)
+    u = (np.arange(50) + 0.5) / 50
+    expected = statistics.NormalDist().inv_cdf
+    z = np.array([expected(x) for x in u])
+    np.testing.assert_allclose(model.eps.numpy(), z / z.std(), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.flat.numpy(), np.linspace(-1, 1, 50) / np.linspace(-1, 1, 50).std()
+    )
+
+
+def _flexible(lam: float, **kwargs) -> NeuralGaussianThickness:
+    model = NeuralGaussianThickness(ANGLES, t0=T0, width0=60.0, shape="flexible", **kwargs)
+    with torch.no_grad():
+        model.prior[:, 2] = math.log(lam / (1 - lam))
+    return model
+
+
+@pytest.mark.parametrize("lam", [1e-9, 0.3, 1 - 1e-9])
+def test_flexible_shape_keeps_mean_and_width_and_spans_gaussian_to_uniform(lam):
+    model = _flexible(lam, n_samples=30)
+    samples, weights = model()
+    summary = model.summary()
+    np.testing.assert_allclose(summary["mean"], T0, rtol=2e-3)
+    np.testing.assert_allclose(summary["width"], 60.0, rtol=5e-3)
+    np.testing.assert_allclose(summary["flatness"], lam, atol=2e-3)
+    gaussian = NeuralGaussianThickness(ANGLES, t0=T0, width0=60.0, n_samples=30)()[0]
+    steps = torch.diff(samples, dim=-1)
+    if lam < 1e-6:  # the Gaussian's nodes
+        torch.testing.assert_close(samples, gaussian, rtol=1e-6, atol=0)
+    elif lam > 1 - 1e-6:  # evenly spaced: the uniform distribution
+        torch.testing.assert_close(steps, steps[:, :1].expand_as(steps), rtol=1e-4, atol=0)
+        assert torch.all(
+            samples.amax(-1) - samples.amin(-1) < gaussian.amax(-1) - gaussian.amin(-1)
+        )
+    else:
+        assert torch.all(steps > 0)
+
+
+def test_flexible_shape_learns_a_flat_distribution():
+    """Matched quantile by quantile to uniform distributions, λ goes to the uniform end and
+    the misfit is a small fraction of the best Gaussian's."""
+    u = (torch.arange(20, dtype=torch.float64) + 0.5) / 20
+    target = torch.full((len(ANGLES), 1), T0) * (1 + 0.3 * (2 * u - 1))  # flat, ±30 %
+
+    def fit(model) -> float:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss = ((model()[0] - target) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    flexible = _flexible(0.5, n_samples=20)
+    misfit = fit(flexible)
+    gaussian = fit(NeuralGaussianThickness(ANGLES, t0=T0, width0=60.0, n_samples=20))
+    assert flexible.summary()["flatness"].min() > 0.9
+    assert misfit < 0.1 * gaussian, (misfit, gaussian)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,7 +186,7 @@ def test_models_convert_to_float32(kind):
 
 def test_summary_of_the_neural_gaussian_is_its_mean_and_width():
     model = NeuralGaussianThickness(ANGLES, t0=T0, width0=40.0)
-    mu, sigma = model.location_scale()
+    mu, sigma, _ = model.parameters_per_frame()
     summary = model.summary()
     np.testing.assert_allclose(summary["mean"], mu.detach().numpy(), rtol=1e-10)
     np.testing.assert_allclose(summary["width"], sigma.detach().numpy(), rtol=1e-10)
@@ -260,6 +323,15 @@ def test_config_builds_every_kind_and_forbids_unknown_fields():
         ThicknessConfig(kind="neural", thickness=500)
     with pytest.raises(pydantic.ValidationError):
         ThicknessConfig(t_range=(900.0, 300.0))
+
+
+def test_config_builds_the_flexible_shape_and_reports_its_flatness():
+    model = ThicknessConfig(kind="neural", t0=T0, shape="flexible", n_samples=8).build(ANGLES)
+    assert model.network[-1].out_features == 3
+    np.testing.assert_allclose(model.summary()["flatness"], 0.5, atol=2e-3)
+    assert "flatness" not in ThicknessConfig(kind="neural", t0=T0).build(ANGLES).summary()
+    with pytest.raises(pydantic.ValidationError):
+        ThicknessConfig(shape="wedge")
 
 
 def test_config_without_t0_starts_in_the_middle_of_the_range():

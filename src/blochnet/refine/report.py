@@ -69,6 +69,11 @@ def write_report(
                     "id": int(frame_id),
                     "thickness_mean": float(thickness["mean"][f]),
                     "thickness_width": float(thickness["width"][f]),
+                    **(
+                        {"thickness_flatness": float(thickness["flatness"][f])}
+                        if "flatness" in thickness
+                        else {}
+                    ),
                     "scale": float(scales[f]),
                     "orientation_correction_deg": np.degrees(rotation[f]).tolist(),
                     "r1_obs": _finite(fm.per_frame["r1_obs"][f]),

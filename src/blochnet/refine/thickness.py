@@ -20,6 +20,7 @@ Malik et al., Nat. Commun. (2026), arXiv:2508.05908.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -143,18 +144,33 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
     width0 : starting width [Å]; default 5 % of t0.
     hidden, activation : hidden layer widths and activation of the network.
     n_samples : number S of thickness samples per frame.
-    seed : seed of the network initialisation and of the fixed ε.
+    seed : seed of the network initialisation (and of ε with ``nodes="random"``).
     directions : optional (frame, 3) beam directions (crystal frame), extra network inputs.
+    shape : ``"gaussian"`` (the paper's family) or ``"flexible"``: each frame's
+        distribution is a blend, predicted per frame, between a Gaussian and a uniform
+        (flat-topped) distribution of the same mean and width. A wedge-shaped crystal
+        edge seen by a beam wider than the edge gives the uniform end.
+    nodes : ``"quantile"``: ε_s = Φ⁻¹((s + ½)/S), the midpoints of S equal-probability
+        bins (stratified, the better quadrature of the distribution); ``"random"``: ε
+        drawn once from N(0, 1) with ``seed``.
 
     Notes
     -----
     (z_μ, z_σ) = z⁰_f + MLP(x_f), x_f = α_f scaled to [−1, 1] (with the direction appended);
     μ = lo + (hi − lo)·sigmoid(z_μ), σ = lo_σ + (hi_σ − lo_σ)·sigmoid(z_σ), and the samples
     t_fs = softplus(μ_f + σ_f ε_s) (reparameterisation trick) with equal weights 1/S.
-    ε (S,) is drawn once from N(0, 1) with ``seed``, shifted and scaled to sample mean 0 and
-    standard deviation 1, and shared by all frames, so the objective is deterministic.
-    The fixed offsets z⁰ (frame, 2) encode t0 and width0, and the output layer starts small
-    (weights × 0.01, zero bias), so every frame starts at (t0, width0) to ~0.1 %.
+    ε (S,) is fixed and shared by all frames, so the objective is deterministic; it is
+    shifted and scaled to sample mean 0 and standard deviation 1.
+
+    With ``shape="flexible"`` a third output gives the blend λ_f = sigmoid(z_λ) and the
+    nodes are e_fs = standardised((1 − λ_f) ε_s + λ_f v_s), with v_s = √3 (2 u_s − 1),
+    u_s = Φ(ε_s), the uniform distribution's value at the same rank as ε_s (a blend of two
+    quantile functions is a quantile function, so e is always a distribution): λ = 0 is the
+    Gaussian, λ = 1 the uniform on μ ± √3 σ. It starts at λ = ½.
+
+    The fixed offsets z⁰ (frame, 2 or 3) encode t0, width0 (and λ = ½), and the output
+    layer starts small (weights × 0.01, zero bias), so every frame starts at (t0, width0)
+    to ~0.1 %.
     """
 
     def __init__(
@@ -170,9 +186,17 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         n_samples: int = 40,
         seed: int = 0,
         directions: ArrayLike | None = None,
+        shape: Literal["gaussian", "flexible"] = "gaussian",
+        nodes: Literal["quantile", "random"] = "quantile",
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__(angles_deg, directions, dtype=dtype)
+        if shape not in ("gaussian", "flexible") or nodes not in ("quantile", "random"):
+            raise ConfigurationError(
+                f"shape must be 'gaussian' or 'flexible' and nodes 'quantile' or 'random', "
+                f"got {shape!r}, {nodes!r}"
+            )
+        self.flexible = shape == "flexible"
         t0, (self.t_lo, self.t_hi) = start_and_range(
             t0, t_range, self.n_frames, default=DEFAULT_T_RANGE
         )
@@ -181,25 +205,47 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         w0 = 0.05 * t0 if width0 is None else per_frame(width0, self.n_frames, "width0")
         z_t = bounded_inverse(t0, self.t_lo, self.t_hi)
         z_w = bounded_inverse(w0, self.w_lo, self.w_hi, margin=0.02)
-        self.register_buffer("prior", self.frame_prior(np.stack([z_t, z_w], axis=1)))
+        starts = [z_t, z_w] + ([np.zeros_like(z_t)] if self.flexible else [])
+        self.register_buffer("prior", self.frame_prior(np.stack(starts, axis=1)))
         self.network = mlp(
-            self.n_features, 2, hidden, activation, output_scale=OUTPUT_INIT, seed=seed, dtype=dtype
+            self.n_features,
+            len(starts),
+            hidden,
+            activation,
+            output_scale=OUTPUT_INIT,
+            seed=seed,
+            dtype=dtype,
         )
         if n_samples < 1:
             raise ConfigurationError(f"n_samples must be ≥ 1, got {n_samples}")
-        eps = torch.randn(n_samples, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-        eps = (eps - eps.mean()) / eps.std(correction=0) if n_samples > 1 else eps * 0
-        self.register_buffer("eps", eps)
+        if nodes == "random":
+            eps = torch.randn(n_samples, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        else:
+            eps = _normal.icdf((torch.arange(n_samples, dtype=dtype) + 0.5) / n_samples)
+        self.register_buffer("eps", _standardised(eps))
+        self.register_buffer("flat", _standardised(math.sqrt(3) * (2 * _normal.cdf(eps) - 1)))
 
-    def location_scale(self) -> tuple[Tensor, Tensor]:
-        """(frame,) μ and σ of the Gaussian before the softplus [Å]."""
+    def parameters_per_frame(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(frame,) μ and σ before the softplus [Å], and the blend λ (0: Gaussian)."""
         z = self.prior + self.network(self.features)
-        return bounded(z[:, 0], self.t_lo, self.t_hi), bounded(z[:, 1], self.w_lo, self.w_hi)
+        mu, sigma = bounded(z[:, 0], self.t_lo, self.t_hi), bounded(z[:, 1], self.w_lo, self.w_hi)
+        lam = torch.sigmoid(z[:, 2]) if self.flexible else torch.zeros_like(mu)
+        return mu, sigma, lam
 
     def forward(self) -> tuple[Tensor, Tensor]:
-        mu, sigma = self.location_scale()
-        t = F.softplus(mu[:, None] + sigma[:, None] * self.eps)
+        mu, sigma, lam = self.parameters_per_frame()
+        nodes = self.eps.expand(self.n_frames, -1)
+        if self.flexible:
+            nodes = _standardised((1 - lam[:, None]) * self.eps + lam[:, None] * self.flat)
+        t = F.softplus(mu[:, None] + sigma[:, None] * nodes)
         return t, torch.full_like(t, 1.0 / t.shape[1])
+
+    def summary(self) -> dict[str, np.ndarray]:
+        out = super().summary()
+        if self.flexible:
+            with torch.no_grad():
+                out["flatness"] = self.parameters_per_frame()[2].cpu().double().numpy()
+        return out
 
 
 class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
@@ -270,6 +316,17 @@ class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
         return self.grid.expand_as(weights), weights
 
 
+_normal = torch.distributions.Normal(0.0, 1.0)
+
+
+def _standardised(x: Tensor) -> Tensor:
+    """x shifted and scaled to mean 0 and standard deviation 1 along the last axis (0 if
+    it has one element or no spread)."""
+    x = x - x.mean(-1, keepdim=True)
+    std = x.std(-1, correction=0, keepdim=True) if x.shape[-1] > 1 else torch.zeros_like(x)
+    return torch.where(std > 0, x / std.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+
+
 _KINDS: dict[str, type[ThicknessModel]] = {
     "global": GlobalThickness,
     "frame": FrameThickness,
@@ -332,6 +389,14 @@ class ThicknessConfig(BaseModel):
         None, description="range of σ [Å]; None: (1, half the starting thickness)"
     )
     n_samples: int = Field(40, ge=1, le=1000, description="samples per frame (neural)")
+    shape: Literal["gaussian", "flexible"] = Field(
+        "gaussian",
+        description="neural: Gaussian per frame (the paper's), or flexible: a per-frame blend "
+        "of a Gaussian and a uniform (wedge-like) distribution of the same mean and width",
+    )
+    nodes: Literal["quantile", "random"] = Field(
+        "quantile", description="neural: fixed ε at the normal quantiles, or drawn at random"
+    )
     n_grid: int = Field(48, ge=2, le=1000, description="grid points (neural-grid)")
     degree: int = Field(2, ge=0, le=10, description="polynomial degree (profile)")
     hidden: tuple[int, ...] = (64, 64)
@@ -366,7 +431,7 @@ class ThicknessConfig(BaseModel):
             "neural-grid": net | {"grid": self.t_range, "n_grid": self.n_grid},
         }.get(self.kind, {})
         if self.kind == "neural":
-            options["n_samples"] = self.n_samples
+            options |= {"n_samples": self.n_samples, "shape": self.shape, "nodes": self.nodes}
         return make_thickness_model(
             self.kind,
             angles_deg=angles_deg,
