@@ -407,7 +407,7 @@ def true_model(truth_crystal, dataset, truth, case: Case, *, seed: int, device=N
     return model
 
 
-def recovery(case: Case, *, seed: int = 0, shape: str = "gaussian", device=None) -> dict:
+def recovery(case: Case, *, seed: int = 0, shape: str = "flexible", device=None) -> dict:
     """Simulate, displace, refine with the neural thickness model; errors against the truth."""
     truth_crystal = true_structure(structure_path(case.name))
     dataset, truth = synthetic_data(case, truth_crystal, seed=seed, device=device)
