@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import blochnet
 from blochnet.cli.main import app
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
@@ -169,6 +170,16 @@ def test_report_holds_the_documented_fields(synthetic, tmp_path):
     assert {"thickness_mean", "thickness_width", "thickness_flatness", "scale"} <= set(frame)
     assert (tmp_path / "refined.cif").read_text().startswith("data_")
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+
+
+def test_the_package_is_callable_as_the_refinement_function(synthetic, tmp_path):
+    """``blochnet.refine(...)``, as the documentation promises, returns the result object."""
+    crystal, dataset = synthetic
+    result = blochnet.refine(crystal, [dataset], tmp_path, blochnet.RefineConfig(
+        **_config(epochs=1).model_dump()))  # fmt: skip
+    assert isinstance(result, blochnet.RefinementResult)
+    assert result.report["n_obs"] > 0 and (tmp_path / "refined.cif").exists()
+    assert [atom.label for atom in result.crystal.atoms] == [a.label for a in crystal.atoms]
 
 
 def test_unknown_configuration_keys_are_refused(tmp_path):
