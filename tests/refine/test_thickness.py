@@ -358,3 +358,21 @@ def test_models_move_to_the_gpu(kind):
     samples, weights = model()
     assert samples.is_cuda and weights.is_cuda
     np.testing.assert_allclose(model.summary()["mean"], T0, rtol=0.02)
+
+
+def test_flexible_shape_converts_to_float32_and_passes_gradients_to_every_parameter():
+    model = build("neural", shape="flexible").to(torch.float32)
+    samples, weights = model()
+    assert samples.dtype == weights.dtype == torch.float32
+    (samples * torch.linspace(0, 1, samples.shape[1])).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.all(torch.isfinite(p.grad)), name
+        assert torch.any(p.grad != 0), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flexible_shape_moves_to_the_gpu():
+    model = build("neural", shape="flexible").to("cuda")
+    samples, _ = model()
+    assert samples.is_cuda
+    np.testing.assert_allclose(model.summary()["flatness"], 0.5, atol=2e-3)
