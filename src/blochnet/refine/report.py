@@ -67,13 +67,8 @@ def write_report(
                 {
                     "dataset": objective.simulator.dataset.source,
                     "id": int(frame_id),
-                    "thickness_mean": float(thickness["mean"][f]),
-                    "thickness_width": float(thickness["width"][f]),
-                    **(
-                        {"thickness_flatness": float(thickness["flatness"][f])}
-                        if "flatness" in thickness
-                        else {}
-                    ),
+                    # mean, width and whatever else the model reports (e.g. flatness)
+                    **{f"thickness_{key}": float(v[f]) for key, v in thickness.items()},
                     "scale": float(scales[f]),
                     "orientation_correction_deg": np.degrees(rotation[f]).tolist(),
                     "r1_obs": _finite(fm.per_frame["r1_obs"][f]),
