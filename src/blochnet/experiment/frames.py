@@ -34,21 +34,26 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Crystal
+from blochnet.experiment.beam_plan import (
+    beam_table,
+    build_groups,
+    frame_orientations,
+    integrated_orientations,
+)
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.rocking import (
     RockingWindows,
-    grid_directions,
     resolve_rocking,
     rocking_directions,
     rocking_windows,
 )
-from blochnet.physics.beams import excitation_errors, reciprocal_lattice_points
+from blochnet.physics.beams import excitation_errors
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
 from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.structure_matrix import BeamBatch, group_by_size, structure_matrices
+from blochnet.physics.structure_matrix import structure_matrices
 
 
 @dataclass
@@ -94,27 +99,6 @@ def select_reflections(
     reason[g_norm > rule.g_max] = f"|g| > {rule.g_max:g} Å⁻¹"
     reason[g_norm == 0] = "000 reflection"
     return ReflectionSelection(reason == "", reason, rsg, rule.describe(rocking))
-
-
-@dataclass
-class _Group:
-    batch: BeamBatch
-    directions: Tensor  # (orient, 3)
-    frame: Tensor  # (orient,) frame row of each orientation
-    obs_orient: Tensor  # (m,) orientation row of each (orientation, observation) pair
-    obs_beam: Tensor  # (m,) beam column
-    obs_row: Tensor  # (m,) index into the used observations
-    obs_weight: Tensor  # (m,) weight of the pair in the row's intensity
-
-
-@dataclass
-class _Orientation:
-    direction: np.ndarray  # (3,) beam direction, crystal frame
-    frame: int  # frame whose thickness and orientation correction it uses
-    beams: np.ndarray  # (beam, 3) hkl
-    columns: np.ndarray  # (pair,) beam column of each compared row
-    rows: np.ndarray  # (pair,) used-row index
-    weights: np.ndarray  # (pair,)
 
 
 class FrameSimulator:
@@ -164,12 +148,20 @@ class FrameSimulator:
         self.windows = windows  # integration window of every used row (integrated mode)
         self.used_rows = np.flatnonzero(self.selection.used)
         self.frame_of_used = dataset.frame_index()[self.used_rows]
+        table = beam_table(
+            self.model.crystal.cell, dataset.reflections.hkl[self.used_rows], self.config.g_max
+        )
         if windows is None:
             self.directions = rocking_directions(dataset, self.config.n_tilts)
-            orientations = self._frame_orientations()
+            orientations = frame_orientations(
+                table, self.directions, self.frame_of_used, 1 / dataset.wavelength,
+                self.config.sg_max,
+            )  # fmt: skip
         else:
-            orientations = self._integrated_orientations(windows)
-        self.groups = self._build_groups(orientations)
+            orientations = integrated_orientations(
+                table, dataset, windows, self.frame_of_used, self.config
+            )
+        self.groups = build_groups(orientations, dtype=dtype, device=self.model.device)
         pairs = np.unique(
             np.concatenate(
                 [np.stack([o.rows, np.full(len(o.rows), o.frame)], 1) for o in orientations]
@@ -184,102 +176,6 @@ class FrameSimulator:
     @property
     def n_used(self) -> int:
         return len(self.used_rows)
-
-    def _beam_table(self):
-        """Candidate beams: hkl (n, 3), g (n, 3), |g|² (n,), |g| ≤ g_max (n,), row index (used,)."""
-        b = reciprocal_matrix(self.model.crystal.cell)
-        hkl_obs = self.dataset.reflections.hkl[self.used_rows]
-        g_obs_max = float(np.linalg.norm(hkl_obs @ b.T, axis=1).max(initial=0.0))
-        hkl_all = reciprocal_lattice_points(
-            self.model.crystal.cell, max(self.config.g_max, g_obs_max)
-        )
-        g_all = hkl_all @ b.T
-        g2 = np.sum(g_all**2, 1)
-        return hkl_all, g_all, g2, np.sqrt(g2) <= self.config.g_max, _row_index(hkl_all, hkl_obs)
-
-    def _frame_orientations(self) -> list[_Orientation]:
-        cfg, k0 = self.config, 1.0 / self.dataset.wavelength
-        table = self._beam_table()
-        hkl_all, obs_index = table[0], table[-1]
-        out = []
-        for f in range(self.directions.shape[0]):
-            rows = np.flatnonzero(self.frame_of_used == f)
-            if len(rows) == 0:
-                continue
-            keep, position = _beam_sets(table, self.directions[f], obs_index[rows], k0, cfg.sg_max)
-            weights = np.full(len(rows), 1.0 / cfg.n_tilts)
-            for j in range(self.directions.shape[1]):
-                out.append(
-                    _Orientation(
-                        self.directions[f, j],
-                        f,
-                        hkl_all[keep[:, j]],
-                        position[obs_index[rows], j],
-                        rows,
-                        weights,
-                    )
-                )
-        return out
-
-    def _integrated_orientations(self, windows: RockingWindows) -> list[_Orientation]:
-        cfg, ds, k0 = self.config, self.dataset, 1.0 / self.dataset.wavelength
-        table = self._beam_table()
-        hkl_all, obs_index = table[0], table[-1]
-        length = windows.stop - windows.start
-        pair_row = np.repeat(np.arange(self.n_used), length)
-        pair_grid = np.repeat(windows.start - np.cumsum(length) + length, length) + np.arange(
-            int(length.sum())
-        )
-        semi = ds.frames.semi_angle[self.frame_of_used]
-        pair_weight = (cfg.rocking_step / (2 * semi))[pair_row]
-        grid, inverse = np.unique(pair_grid, return_inverse=True)
-        directions, owner = grid_directions(ds, grid, cfg.rocking_step)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(grid) + 1))
-        out = []
-        for j in range(len(grid)):
-            pairs = order[bounds[j] : bounds[j + 1]]
-            rows = pair_row[pairs]
-            keep, position = _beam_sets(
-                table, directions[j : j + 1], obs_index[rows], k0, cfg.sg_max
-            )
-            out.append(
-                _Orientation(
-                    directions[j],
-                    int(owner[j]),
-                    hkl_all[keep[:, 0]],
-                    position[obs_index[rows], 0],
-                    rows,
-                    pair_weight[pairs],
-                )
-            )
-        return out
-
-    def _build_groups(self, orientations: list[_Orientation]) -> list[_Group]:
-        dev, dtype = self.model.device, self.model.dtype
-        groups = []
-        for members in group_by_size([len(o.beams) for o in orientations], tolerance=0.1):
-            chosen = [orientations[i] for i in members]
-            batch = BeamBatch.from_lists([o.beams for o in chosen], device=dev)
-            orient = np.concatenate([np.full(len(o.rows), n) for n, o in enumerate(chosen)])
-
-            def cat(name, chosen=chosen):
-                return np.concatenate([getattr(o, name) for o in chosen])
-
-            groups.append(
-                _Group(
-                    batch=batch,
-                    directions=torch.as_tensor(
-                        np.array([o.direction for o in chosen]), dtype=dtype, device=dev
-                    ),
-                    frame=torch.as_tensor([o.frame for o in chosen], device=dev),
-                    obs_orient=torch.as_tensor(orient, dtype=torch.long, device=dev),
-                    obs_beam=torch.as_tensor(cat("columns"), dtype=torch.long, device=dev),
-                    obs_row=torch.as_tensor(cat("rows"), dtype=torch.long, device=dev),
-                    obs_weight=torch.as_tensor(cat("weights"), dtype=dtype, device=dev),
-                )
-            )
-        return groups
 
     @property
     def n_orientations(self) -> int:
@@ -345,36 +241,9 @@ class FrameSimulator:
         return out[:, 0] if weights is not None else out
 
 
-def _beam_sets(table, directions: np.ndarray, compared: np.ndarray, k0: float, sg_max: float):
-    """Beam sets of orientations ``directions`` (m, 3) from ``FrameSimulator._beam_table()``.
-
-    Returns keep (hkl, m) bool: candidates with |s_g| ≤ ``sg_max``, the incident beam and
-    the compared reflections (rows ``compared`` of the table); and position (hkl, m): each
-    kept beam's column in its orientation's beam set.
-    """
-    _, g_all, g2, candidate, _ = table
-    s = -(2 * k0 * g_all @ directions.T + g2[:, None]) / (2 * k0)  # (hkl, m)
-    keep = candidate[:, None] & (np.abs(s) <= sg_max)
-    keep[0] = True  # the incident beam
-    keep[compared] = True
-    return keep, np.cumsum(keep, axis=0) - 1
-
-
 def rotation_matrices(vectors: Tensor) -> Tensor:
     """Rotation matrices (..., 3, 3) of rotation vectors (..., 3) [rad], differentiably."""
     zero = torch.zeros_like(vectors[..., 0])
     x, y, z = vectors.unbind(-1)
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1)
     return torch.linalg.matrix_exp(skew.reshape(*vectors.shape[:-1], 3, 3))
-
-
-def _row_index(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Index in ``table`` (n, 3) int of every row of ``rows`` (m, 3); all must be present."""
-    span = int(max(np.abs(table).max(initial=0), np.abs(rows).max(initial=0))) + 1
-    base = 2 * span + 1
-
-    def key(x):
-        return ((x[:, 0] + span) * base + x[:, 1] + span) * base + x[:, 2] + span
-
-    order = np.argsort(key(table))
-    return order[np.searchsorted(key(table), key(rows), sorter=order)]

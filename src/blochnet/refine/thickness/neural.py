@@ -1,16 +1,4 @@
-"""Thickness models: per-frame distributions of the crystal thickness.
-
-A thickness model is a module without inputs whose ``forward()`` returns ``samples``
-(frame, sample) [Å] and ``weights`` (frame, sample), weights ≥ 0 summing to 1 per frame,
-differentiable with respect to its parameters. A frame's intensity is the weighted mean of
-the intensities simulated at its samples (``FrameSimulator.intensities(atoms, samples)``);
-each sample costs one matrix–vector product on the frame's eigendecomposition.
-
-Models, from simplest: :class:`GlobalThickness` (one value), :class:`FrameThickness` (one
-per frame), :class:`ProfileThickness` (a smooth function of the rotation angle),
-:class:`NeuralGaussianThickness` (the hybrid model of Malik et al.) and
-:class:`NeuralGridThickness` (a learned distribution on a fixed grid). Each data set of a
-joint refinement gets its own model instance; nothing is shared between them.
+"""Learned per-frame thickness distributions: the hybrid model of Malik et al. and a grid one.
 
 References
 ----------
@@ -19,7 +7,6 @@ Malik et al., Nat. Commun. (2026), arXiv:2508.05908.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -28,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from blochnet.errors import ConfigurationError
 from blochnet.refine.networks import (
@@ -41,94 +27,7 @@ from blochnet.refine.networks import (
     per_frame,
     start_and_range,
 )
-
-DEFAULT_T_RANGE = (300.0, 1100.0)  # [Å], the paper's range of the mean thickness
-OUTPUT_INIT = 0.01  # initial weight scale of the networks' output layers (see networks.py)
-ThicknessKind = Literal["global", "frame", "profile", "neural", "neural-grid"]
-
-
-class ThicknessModel(nn.Module):
-    """Interface of every thickness model (see the module docstring)."""
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        """samples (frame, sample) [Å] and weights (frame, sample), summing to 1 per frame."""
-        raise NotImplementedError
-
-    def moments(self) -> tuple[Tensor, Tensor]:
-        """Differentiable (frame,) mean and standard deviation of each frame's distribution [Å]."""
-        t, w = self()
-        mean = (w * t).sum(-1)
-        var = (w * (t - mean[:, None]) ** 2).sum(-1)
-        positive = var > 0  # σ = 0 (S = 1) with a finite (zero) derivative
-        return mean, torch.where(positive, var.where(positive, 1.0).sqrt(), 0.0)
-
-    def summary(self) -> dict[str, np.ndarray]:
-        """Per frame ``mean`` and ``width`` (standard deviation) of the distribution [Å]."""
-        with torch.no_grad():
-            mean, width = self.moments()
-        return {"mean": mean.cpu().double().numpy(), "width": width.cpu().double().numpy()}
-
-
-class GlobalThickness(ThicknessModel):
-    """One refinable thickness for every frame, t = t0·exp(p) with p = 0 at start (S = 1)."""
-
-    def __init__(self, n_frames: int, t0: float, *, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        self.n_frames = int(n_frames)
-        self.register_buffer("t0", torch.as_tensor(per_frame(t0, 1)[0], dtype=dtype))
-        self.log_ratio = nn.Parameter(torch.zeros((), dtype=dtype))
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        t = (self.t0 * torch.exp(self.log_ratio)).expand(self.n_frames, 1)
-        return t, torch.ones_like(t)
-
-
-class FrameThickness(ThicknessModel):
-    """One refinable thickness per frame, t_f = t0_f·exp(p_f) (S = 1).
-
-    t0 : scalar or (frame,) starting thickness [Å]. The exponential keeps t > 0 and makes
-    the parameters relative changes (well scaled for Adam).
-    """
-
-    def __init__(self, n_frames: int, t0: ArrayLike, *, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        self.register_buffer("t0", torch.as_tensor(per_frame(t0, int(n_frames)), dtype=dtype))
-        self.log_ratio = nn.Parameter(torch.zeros(int(n_frames), dtype=dtype))
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        t = (self.t0 * torch.exp(self.log_ratio))[:, None]
-        return t, torch.ones_like(t)
-
-
-class ProfileThickness(LearnedFrameComponent, ThicknessModel):
-    """Smooth thickness profile in the rotation angle (S = 1).
-
-    Notes
-    -----
-    t(α) = t0 · exp(Σ_{k=0}^{degree} c_k P_k(x)), x = α scaled to [−1, 1] over the data set,
-    P_k the Legendre polynomials, c = 0 at start. A tilted platelet, t0/cos(α − α0), has
-    log t = log t0 + (α − α0)²/2 + (α − α0)⁴/12 + …, so degree 2 describes it to second
-    order and degree 4 over the usual ±60° tilt range; odd terms describe a wedge.
-    """
-
-    def __init__(
-        self,
-        angles_deg: ArrayLike,
-        t0: float,
-        degree: int = 2,
-        *,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__(angles_deg, dtype=dtype)
-        x = self.features[:, 0].numpy()
-        basis = np.polynomial.legendre.legvander(x, int(degree))
-        self.register_buffer("basis", torch.as_tensor(basis, dtype=dtype))
-        self.register_buffer("t0", torch.as_tensor(per_frame(t0, 1)[0], dtype=dtype))
-        self.coefficients = nn.Parameter(torch.zeros(int(degree) + 1, dtype=dtype))
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        t = (self.t0 * torch.exp(self.basis @ self.coefficients))[:, None]
-        return t, torch.ones_like(t)
+from blochnet.refine.thickness.models import DEFAULT_T_RANGE, OUTPUT_INIT, ThicknessModel
 
 
 class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
@@ -325,117 +224,3 @@ def _standardised(x: Tensor) -> Tensor:
     x = x - x.mean(-1, keepdim=True)
     std = x.std(-1, correction=0, keepdim=True) if x.shape[-1] > 1 else torch.zeros_like(x)
     return torch.where(std > 0, x / std.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-
-
-_KINDS: dict[str, type[ThicknessModel]] = {
-    "global": GlobalThickness,
-    "frame": FrameThickness,
-    "profile": ProfileThickness,
-    "neural": NeuralGaussianThickness,
-    "neural-grid": NeuralGridThickness,
-}
-
-
-def make_thickness_model(
-    kind: str,
-    *,
-    angles_deg: ArrayLike,
-    t0: ArrayLike | None,
-    directions: ArrayLike | None = None,
-    **options,
-) -> ThicknessModel:
-    """Build the thickness model called ``kind`` for one data set.
-
-    Parameters
-    ----------
-    kind : ``global``, ``frame``, ``profile``, ``neural`` (Gaussian) or ``neural-grid``.
-    angles_deg : (frame,) rotation angle of each frame [deg].
-    t0 : starting thickness [Å], scalar or (frame,) (global and profile use the mean);
-        ``None``: the middle of ``t_range`` / ``grid`` if given, else of 300–1100 Å.
-    directions : (frame, 3) beam directions as extra network inputs (neural kinds only).
-    options : keyword arguments of the model's class.
-    """
-    if kind not in _KINDS:
-        raise ConfigurationError(f"unknown thickness model {kind!r}; choose from {list(_KINDS)}")
-    cls = _KINDS[kind]
-    accepted = set(inspect.signature(cls).parameters) - {"angles_deg", "n_frames", "t0"}
-    unknown = set(options) - accepted
-    if directions is not None:
-        options["directions"] = directions
-        unknown |= {"directions"} - accepted
-    if unknown:
-        raise ConfigurationError(
-            f"thickness model {kind!r} does not take {sorted(unknown)}; it takes {sorted(accepted)}"
-        )
-    angles = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
-    if kind in ("neural", "neural-grid"):
-        return cls(angles, t0=t0, **options)
-    t0 = float(np.mean(DEFAULT_T_RANGE)) if t0 is None else t0
-    first = angles if kind == "profile" else len(angles)
-    return cls(first, t0 if kind == "frame" else float(np.mean(t0)), **options)
-
-
-class ThicknessConfig(BaseModel):
-    """Thickness model of a refinement (one instance per data set is built from it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: ThicknessKind = "neural"
-    t0: float | None = Field(None, gt=0, description="starting thickness [Å]; None: auto")
-    t_range: tuple[float, float] | None = Field(
-        None, description="range of the mean (neural) or of the grid (neural-grid) [Å]"
-    )
-    width_range: tuple[float, float] | None = Field(
-        None, description="range of σ [Å]; None: (1, half the starting thickness)"
-    )
-    n_samples: int = Field(40, ge=1, le=1000, description="samples per frame (neural)")
-    shape: Literal["gaussian", "flexible"] = Field(
-        "gaussian",
-        description="neural: Gaussian per frame (the paper's), or flexible: a per-frame blend "
-        "of a Gaussian and a uniform (wedge-like) distribution of the same mean and width",
-    )
-    nodes: Literal["quantile", "random"] = Field(
-        "quantile", description="neural: fixed ε at the normal quantiles, or drawn at random"
-    )
-    n_grid: int = Field(48, ge=2, le=1000, description="grid points (neural-grid)")
-    degree: int = Field(2, ge=0, le=10, description="polynomial degree (profile)")
-    hidden: tuple[int, ...] = (64, 64)
-    activation: Literal["tanh", "relu", "silu", "gelu", "softplus"] = "tanh"
-    use_directions: bool = Field(False, description="beam direction as network input")
-    seed: int = 0
-
-    @field_validator("t_range", "width_range")
-    @classmethod
-    def _increasing(cls, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
-        if bounds is not None and not 0 < bounds[0] < bounds[1]:
-            raise ValueError("must be (lo, hi) with 0 < lo < hi")
-        return bounds
-
-    def build(
-        self,
-        angles_deg: ArrayLike,
-        *,
-        t0: ArrayLike | None = None,
-        directions: ArrayLike | None = None,
-    ) -> ThicknessModel:
-        """The model for one data set; ``self.t0`` overrides ``t0`` (e.g. from the data)."""
-        start = self.t0 if self.t0 is not None else t0
-        if start is None and self.t_range is not None:
-            start = float(np.mean(self.t_range))
-        if self.use_directions and directions is None:
-            raise ConfigurationError("use_directions is set but no beam directions were given")
-        net = {"hidden": self.hidden, "activation": self.activation, "seed": self.seed}
-        options = {
-            "profile": {"degree": self.degree},
-            "neural": net | {"t_range": self.t_range, "width_range": self.width_range},
-            "neural-grid": net | {"grid": self.t_range, "n_grid": self.n_grid},
-        }.get(self.kind, {})
-        if self.kind == "neural":
-            options |= {"n_samples": self.n_samples, "shape": self.shape, "nodes": self.nodes}
-        return make_thickness_model(
-            self.kind,
-            angles_deg=angles_deg,
-            t0=start,
-            directions=directions if self.use_directions else None,
-            **options,
-        )
