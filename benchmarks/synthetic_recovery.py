@@ -183,7 +183,7 @@ class Case:
 
 CASES = {
     "quartz": Case("quartz", resolution=1.4, g_max=1.8, sg_max=0.03, schedule=(200, 2, 100, 2)),
-    "cspbbr3": Case("cspbbr3", resolution=1.0, g_max=1.2, sg_max=0.02, schedule=(200, 2, 100, 2)),
+    "cspbbr3": Case("cspbbr3", resolution=1.0, g_max=1.2, sg_max=0.02, schedule=(200, 2, 200, 2)),
     "paracetamol": Case(
         "paracetamol", resolution=1.0, g_max=1.2, sg_max=0.015, schedule=(40, 2, 20, 1)
     ),
@@ -321,7 +321,13 @@ class TrueThickness(nn.Module):
 def refine_config(
     case: Case, kind: str, t0: float, *, seed: int, shape: str = "gaussian"
 ) -> RefineConfig:
-    """Structure + thickness model ``kind``; orientations fixed; the data's simulation."""
+    """Structure + thickness model ``kind``; orientations fixed; the data's simulation.
+
+    The objective is plain weighted least squares (``robust=0``): simulated data carry
+    Poisson noise and no outliers, so least squares is the efficient estimator, and it is
+    the objective wR2 measures. (The robust loss of the defaults, meant for real data, ends
+    at 1.16× / 1.11× the true wR2 on quartz / CsPbBr3 here.)
+    """
     network = kind in ("neural", "neural-grid")
     return RefineConfig(
         simulation=case.simulation(),
@@ -333,6 +339,7 @@ def refine_config(
         ),
         epochs=case.schedule[0],
         refine_orientation=False,
+        robust=0.0,
         auto_setup=False,
         seed=seed,
     )
@@ -365,7 +372,7 @@ def optimise(model, config: RefineConfig, schedule, *, chunks: int = 4) -> None:
             learning_rates={k: v * factor for k, v in rates.items()},
             sum_w_io2=sum_w_io2,
             tolerance=0.0,
-            after_step=model.structure.keep_adps_positive_definite,
+            after_step=model.after_step,
         )
 
     adam_1, lm_1, adam_2, lm_2 = schedule

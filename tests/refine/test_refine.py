@@ -258,7 +258,7 @@ def test_jacobian_columns_of_per_frame_parameters_match_finite_differences(synth
     crystal, dataset = synthetic
     model = _lm_model(crystal, dataset)
     r, jac, blocks = jacobian(model)
-    orientation = model.objectives[0].orientation
+    orientation = model.objectives[0].orientation.rotation
     n_struct = sum(b.param.numel() for b in blocks if not b.per_frame)
     n_frames = orientation.shape[0]
     for frame, component in [(0, 0), (3, 2)]:
@@ -293,8 +293,8 @@ def test_jacobian_columns_are_exact_when_rows_integrate_over_neighbouring_frames
     n_frames = objective.n_frames
     thickness = objective.thickness.log_ratio
     for param, index, column in [
-        (objective.orientation, (3, 0), n_struct + 3),
-        (objective.orientation, (4, 2), n_struct + 2 * n_frames + 4),
+        (objective.orientation.rotation, (3, 0), n_struct + 3),
+        (objective.orientation.rotation, (4, 2), n_struct + 2 * n_frames + 4),
         (thickness, (5,), n_struct + 3 * n_frames + 5),
     ]:
         numeric = _central_difference(objective, param, index)
@@ -310,7 +310,7 @@ def test_levenberg_marquardt_recovers_position_and_thickness_in_a_few_steps(synt
     crystal, dataset = synthetic
     model = _lm_model(_moved(crystal, 0.05), dataset)
     history = levenberg_marquardt(model, iterations=8, max_rotation=1e-3)
-    assert model.objectives[0].orientation.abs().max() <= 8 * 1e-3 + 1e-12  # trust region
+    assert model.objectives[0].orientation.rotation.abs().max() <= 8 * 1e-3 + 1e-12  # trust region
     with torch.no_grad():
         start = _lm_model(_moved(crystal, 0.05), dataset).objectives
         start_loss = float(sum((o.residuals() ** 2).sum() for o in start))

@@ -48,8 +48,8 @@ def _group_of(name: str) -> str:
     for marker, group in (*markers, ("kappa_shift", "absorption")):
         if marker in name:
             return group
-    if name.endswith("orientation"):
-        return "orientation"
+    if "orientation" in name.split("."):
+        return "orientation_network" if "network" in name.split(".") else "orientation"
     if "thickness" in name.split("."):
         return "thickness"
     return name.split(".")[-1]
@@ -57,7 +57,8 @@ def _group_of(name: str) -> str:
 
 def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
     """Adam parameter groups: "xyz", "adp", "occupancy", "absorption" (structure shifts),
-    "orientation" (per-frame rotation vectors) and "thickness" (every thickness-model
+    "orientation" (per-frame rotation vectors), "orientation_network" (the weights of a
+    learned orientation drift) and "thickness" (every thickness-model
     parameter). A group with learning rate 0 is fixed (its parameters get
     ``requires_grad=False``)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
@@ -242,7 +243,7 @@ def _check_finite(objective: nn.Module, loss, good: dict, *, gradients: bool = F
         for name, param in objective.named_parameters():
             if param.grad is not None and not torch.all(torch.isfinite(param.grad)):
                 rows = ""
-                if name.endswith("orientation"):
+                if name.endswith("orientation.rotation"):
                     frames = torch.nonzero(~torch.isfinite(param.grad).all(1))[:, 0].tolist()
                     rows = f" (frame rows {frames})"
                 bad.append(f"gradient of {name}{rows}")

@@ -77,7 +77,8 @@ def _blocks(model) -> list[_Block]:
     n_rows = [int(o.fit.sum()) for o in model.objectives]
     blocks = [_Block(p, False) for p in model.structure.shifts() if p.requires_grad and p.numel()]
     for i, objective in enumerate(model.objectives):
-        params = [objective.orientation, getattr(objective.thickness, "log_ratio", None)]
+        params = [] if objective.orientation is None else objective.orientation.frame_parameters()
+        params = params + [getattr(objective.thickness, "log_ratio", None)]
         params = [p for p in params if p is not None and p.requires_grad]
         blocks += [_Block(p, False) for p in params if p.ndim == 0]  # one global thickness
         params = [p for p in params if p.ndim >= 1]

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
+from blochnet.refine.orientation import FrameOrientation
 from blochnet.refine.parameters import StructureParameters
 
 
@@ -50,7 +51,11 @@ class Objective(nn.Module):
     simulator : frame simulator of the data set (its selection rule fixes the observations).
     structure : refinable structure parameters (shared between data sets).
     thickness : a thickness model returning (samples, weights), each (frame, sample).
-    refine_orientation : add a refinable rotation vector per frame [rad].
+    refine_orientation : refine the frame orientations (with ``orientation``'s model, by
+        default :class:`~blochnet.refine.orientation.FrameOrientation`, three free angles
+        per frame); False: the file's orientations.
+    orientation : an orientation model (module whose ``forward()`` gives (frame, 3) rotation
+        vectors [rad]), used when ``refine_orientation``; None: one per frame.
     holdout : (used,) bool, observations kept out of the fit (validation), or None.
     instability : u of the weights w = 1/(σ² + (u·Io)²) (0: w = 1/σ²). The R values and
         the "observed" test (Io > 3σ) use σ itself.
@@ -67,6 +72,7 @@ class Objective(nn.Module):
         holdout: np.ndarray | None = None,
         instability: float = 0.0,
         robust: float = 0.0,
+        orientation: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.simulator = simulator
@@ -86,16 +92,17 @@ class Objective(nn.Module):
         self.register_buffer(
             "robust_c", torch.tensor(start_c, dtype=model.dtype, device=model.device)
         )
-        n_frames = ds.n_frames
-        self.orientation = (
-            nn.Parameter(torch.zeros(n_frames, 3, dtype=model.dtype, device=model.device))
-            if refine_orientation
-            else None
-        )
+        if refine_orientation and orientation is None:
+            orientation = FrameOrientation(ds.n_frames, dtype=model.dtype)
+        self.orientation = orientation.to(device=model.device) if refine_orientation else None
 
     @property
     def n_frames(self) -> int:
         return self.simulator.dataset.n_frames
+
+    def rotations(self) -> Tensor | None:
+        """(frame, 3) orientation corrections [rad] of the orientation model (None: none)."""
+        return None if self.orientation is None else self.orientation()
 
     def calculated(self) -> tuple[Tensor, Tensor]:
         """Unscaled Ic (used,) and the scales (frame,): fitted on the fit set, and for a
@@ -105,7 +112,7 @@ class Objective(nn.Module):
         ic = self.simulator.intensities(
             self.structure.atoms(),
             samples,
-            rotations=self.orientation,
+            rotations=self.rotations(),
             weights=weights,
             absorption=self.structure.absorption(),
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from blochnet.crystal import UIJ_NAMES, Crystal
 from blochnet.io.atomic import write_text_atomically
@@ -57,9 +58,10 @@ def write_report(
         thickness = objective.thickness.summary()
         scales = objective.scored("all", last=True)["scales"]
         fm = joint_figures_of_merit([objective], subset="all", last=True)
+        rotations = objective.rotations()
         rotation = (
-            objective.orientation.detach().cpu().numpy()
-            if objective.orientation is not None
+            rotations.detach().cpu().numpy()
+            if rotations is not None
             else np.zeros((objective.n_frames, 3))
         )
         for f, frame_id in enumerate(objective.simulator.dataset.frames.id):
@@ -117,16 +119,20 @@ def write_report(
 
 def count_parameters(model) -> int:
     """Refined parameters as a crystallographer counts them: structure parameters, frame
-    scales, orientation corrections, and per frame the thickness mean and width of a
-    neural model (its weights are not independent parameters) or the model's own count."""
+    scales, the orientation corrections (three angles per frame at most) and the thickness
+    model's own count, at most a mean and width per frame (a network's weights are not
+    independent parameters)."""
     n = sum(p.numel() for p in model.structure.parameters() if p.requires_grad)
     for objective in model.objectives:
         n += objective.n_frames  # scales
-        if objective.orientation is not None and objective.orientation.requires_grad:
-            n += objective.orientation.numel()
-        trainable = sum(p.numel() for p in objective.thickness.parameters() if p.requires_grad)
-        n += min(trainable, 2 * objective.n_frames)
+        if objective.orientation is not None:  # at most three angles per frame
+            n += min(_trainable(objective.orientation), 3 * objective.n_frames)
+        n += min(_trainable(objective.thickness), 2 * objective.n_frames)
     return n
+
+
+def _trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def _atom_entry(atom) -> dict:

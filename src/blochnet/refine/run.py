@@ -24,10 +24,12 @@ from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.evaluate import structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
+from blochnet.experiment.geometry import beam_directions
 from blochnet.io.atomic import write_text_atomically
 from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refine.objective import Objective, joint_figures_of_merit
+from blochnet.refine.orientation import OrientationConfig
 from blochnet.refine.parameters import StructureParameters, atom_selection
 from blochnet.refine.report import count_parameters, refined_crystal, write_report
 from blochnet.refine.setup import choose_settings
@@ -46,6 +48,9 @@ class LearningRates(BaseModel):
     occupancy: float = Field(0.0, ge=0)
     absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
     orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
+    orientation_network: float = Field(
+        3e-3, ge=0, description="weights of a learned orientation drift ([orientation] neural)"
+    )
     thickness: float = Field(3e-3, ge=0, description="thickness-model parameters")
 
 
@@ -56,6 +61,7 @@ class RefineConfig(BaseModel):
 
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
+    orientation: OrientationConfig = Field(default_factory=OrientationConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
     epochs: int = Field(80, ge=1)
     optimiser: Literal["adam", "lbfgs"] = Field(
@@ -186,7 +192,9 @@ def build_refinement(
     for n, sim in enumerate(simulators):
         ds = sim.dataset
         t0 = config.thickness.t0 or (starts[n] if starts else 600.0)
-        thickness = config.thickness.build(ds.frames.alpha, t0=t0).to(dtype=dtype, device=device)
+        directions = beam_directions(ds)  # network inputs when the configuration asks
+        thickness = config.thickness.build(ds.frames.alpha, t0=t0, directions=directions)
+        thickness = thickness.to(dtype=dtype, device=device)
         holdout = None
         if config.holdout_fraction > 0:
             n_out = max(1, round(config.holdout_fraction * ds.n_frames))
@@ -199,6 +207,9 @@ def build_refinement(
                 thickness,
                 holdout=holdout,
                 refine_orientation=config.refine_orientation,
+                orientation=config.orientation.build(
+                    ds.frames.alpha, directions=directions, dtype=dtype
+                ),
                 instability=config.instability,
                 robust=config.robust,
             )
