@@ -137,6 +137,14 @@ def start_and_range(
     return values, (lo, hi)
 
 
+def network_directions(use_directions: bool, directions: ArrayLike | None) -> ArrayLike | None:
+    """The beam directions a configuration feeds its network: ``directions`` when
+    ``use_directions`` (which must then be given), else None."""
+    if use_directions and directions is None:
+        raise ConfigurationError("use_directions is set but no beam directions were given")
+    return directions if use_directions else None
+
+
 def normalised_angles(angles_deg: ArrayLike) -> np.ndarray:
     """(frame,) rotation angles mapped linearly onto [−1, 1] (zeros if they are all equal)."""
     a = np.asarray(angles_deg, dtype=np.float64).reshape(-1)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
-from blochnet.refine.networks import LearnedFrameComponent, mlp
+from blochnet.refine.networks import LearnedFrameComponent, mlp, network_directions
 
 OrientationKind = Literal["frame", "neural"]
 
@@ -148,12 +148,10 @@ class OrientationConfig(BaseModel):
         """The model for one data set."""
         if self.kind == "frame":
             return make_orientation_model("frame", angles_deg=angles_deg, dtype=dtype)
-        if self.use_directions and directions is None:
-            raise ConfigurationError("use_directions is set but no beam directions were given")
         return make_orientation_model(
             "neural",
             angles_deg=angles_deg,
-            directions=directions if self.use_directions else None,
+            directions=network_directions(self.use_directions, directions),
             dtype=dtype,
             hidden=self.hidden,
             activation=self.activation,

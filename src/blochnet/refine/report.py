@@ -122,7 +122,7 @@ def count_parameters(model) -> int:
     scales, the orientation corrections (three angles per frame at most) and the thickness
     model's own count, at most a mean and width per frame (a network's weights are not
     independent parameters)."""
-    n = sum(p.numel() for p in model.structure.parameters() if p.requires_grad)
+    n = _trainable(model.structure)
     for objective in model.objectives:
         n += objective.n_frames  # scales
         if objective.orientation is not None:  # at most three angles per frame

@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blochnet.errors import ConfigurationError
+from blochnet.refine.networks import network_directions
 from blochnet.refine.thickness.models import (
     DEFAULT_T_RANGE,
     FrameThickness,
@@ -117,8 +118,6 @@ class ThicknessConfig(BaseModel):
         start = self.t0 if self.t0 is not None else t0
         if start is None and self.t_range is not None:
             start = float(np.mean(self.t_range))
-        if self.use_directions and directions is None:
-            raise ConfigurationError("use_directions is set but no beam directions were given")
         net = {"hidden": self.hidden, "activation": self.activation, "seed": self.seed}
         options = {
             "profile": {"degree": self.degree},
@@ -131,6 +130,6 @@ class ThicknessConfig(BaseModel):
             self.kind,
             angles_deg=angles_deg,
             t0=start,
-            directions=directions if self.use_directions else None,
+            directions=network_directions(self.use_directions, directions),
             **options,
         )
