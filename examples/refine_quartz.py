@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         f"R1(obs) {100 * report['r_obs']:.2f} % pooled / {100 * report['r_obs_frame_mean']:.2f} % "
         f"frame mean over {report['n_obs']} obs; wR2 {100 * report['wr2']:.2f} %"
     )
+    hand = report["absolute_structure"]
+    inverse = hand["inverse_of_refined"]["r_obs_frame_mean"]
+    turned = " (the inverse of the starting structure)" if hand["inverted"] else ""
+    print(
+        f"absolute structure: {result.crystal.spacegroup}{turned}; the refined model "
+        f"inverted gives R1(obs) {100 * inverse:.2f} % frame mean"
+    )
     for atom in report["atoms"]:
         xyz = "  ".join(format_su(x, s) for x, s in zip(atom["xyz"], atom["xyz_su"], strict=True))
         print(f"{atom['label']:<4} xyz {xyz}   Ueq {format_su(atom['uiso'], atom['uiso_su'])} Å²")

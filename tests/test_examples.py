@@ -41,4 +41,5 @@ def test_the_python_example_refines_and_prints_coordinates_with_su(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "frame mean over 1688 obs" in result.stdout
     assert "O1" in result.stdout and "(" in result.stdout
+    assert "absolute structure: P 31 2 1 (the inverse of the starting structure)" in result.stdout
     assert (tmp_path / "refined.cif").exists()

@@ -17,8 +17,9 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import gemmi
 import numpy as np
 
 CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
@@ -107,3 +108,37 @@ class Crystal:
             if atom.label == label:
                 return atom
         raise KeyError(f"no atom labelled {label!r}; labels are {[a.label for a in self.atoms]}")
+
+    @property
+    def is_centrosymmetric(self) -> bool:
+        """Whether the space group holds an inversion (then the structure and its inverse
+        are the same crystal, up to an origin shift)."""
+        minus = -np.eye(3, dtype=int)
+        return any(np.array_equal(op.rotation, minus) for op in self.operators)
+
+    def inverted(self) -> Crystal:
+        """The structure inverted through the origin: the other absolute structure.
+
+        Coordinates become −x (reduced to [0, 1)), every operator x' = R x + t becomes
+        x' = R x − t, and the space group is named anew (P3₂21 becomes P3₁21; a polar group
+        such as Pna2₁ keeps its name). ADPs, occupancies and s.u. are unchanged: a
+        displacement tensor is even under inversion.
+        """
+        den = gemmi.Op.DEN
+        operators = []
+        for op in self.operators:
+            shift = np.rint(-np.asarray(op.translation) * den).astype(int) % den
+            matrix = gemmi.Op()
+            matrix.rot = (np.asarray(op.rotation, dtype=int) * den).tolist()
+            matrix.tran = shift.tolist()
+            operators.append(SymOp(op.rotation.copy(), shift / den, matrix.triplet()))
+        found = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(o.xyz) for o in operators]))
+        atoms = []
+        for atom in self.atoms:
+            xyz = -np.asarray(atom.xyz, dtype=float)
+            xyz = xyz - np.floor(xyz + 1e-9) + 0.0  # in [0, 1); 0, not 1 or −0, at the edge
+            uij = None if atom.uij is None else atom.uij.copy()
+            atoms.append(replace(atom, xyz=xyz, uij=uij, su=dict(atom.su)))
+        return replace(
+            self, operators=operators, atoms=atoms, spacegroup=found.xhm() if found else ""
+        )

@@ -67,6 +67,8 @@ def test_refinement_recovers_positions_adps_and_thickness_of_quartz(bench, quart
     assert uiso_end < min(uiso_start / 3, 0.004)
     assert row["thickness"] < 0.06  # per-frame mean thickness within 6 %
     assert row["wr2"] < 5 * row["wr2_true"]
+    scan = row["hand"].scan_r_obs  # the displaced start is still told from its inverse
+    assert not row["hand"].inverted and scan["given"] < scan["inverted"]
     assert "quartz" in bench.recovery_table([row])
 
 

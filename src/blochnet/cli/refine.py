@@ -87,11 +87,20 @@ def refine(
         stage_report=None if quiet else console.print,
     )
     r = result.report
+    hand = r["absolute_structure"] or {}
+    absolute = ""
+    if "inverse_of_refined" in hand:
+        which = " (inverse of the file's structure)" if hand["inverted"] else ""
+        inverse = hand["inverse_of_refined"]["r_obs_frame_mean"]
+        absolute = (
+            f"\nabsolute structure {hand['space_group'] or '?'}{which}; inverted, the refined "
+            f"model gives R1(obs) {100 * inverse:.2f} % frame mean"
+        )
     Console().print(
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
-        f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s\nwrote {out}/report.json, "
-        f"{out}/refined.cif"
+        f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
+        f"wrote {out}/report.json, {out}/refined.cif"
     )
 
 

@@ -42,6 +42,10 @@ _REFINEMENT = {  # key of ``refinement`` -> (CIF tag, format)
     "max_shift_su": ("_refine_ls_shift/su_max", "{:.3f}"),
     "wavelength": ("_diffrn_radiation_wavelength", "{:.6f}"),
 }
+_TEXT = {  # key of ``refinement`` -> CIF tag of a free-text field
+    "details": "_refine_special_details",
+    "abs_structure_details": "_refine_ls_abs_structure_details",
+}
 
 
 def format_su(value: float, su: float | None, decimals: int = 6) -> str:
@@ -92,17 +96,18 @@ def write_structure(
         Characters that CIF does not allow in a block name become ``_``.
     refinement : optional statistics, any subset of ``r_obs``, ``r_all``, ``wr2``
         (fractions, not percent), ``gof``, ``n_reflections``, ``n_parameters``,
-        ``n_obs``, ``max_shift_su``, ``wavelength`` [Å] and ``details`` (free text for
-        ``_refine_special_details``: reflection selection, thickness model, ...).
+        ``n_obs``, ``max_shift_su``, ``wavelength`` [Å], ``details`` (free text for
+        ``_refine_special_details``: reflection selection, thickness model, ...) and
+        ``abs_structure_details`` (free text for ``_refine_ls_abs_structure_details``).
 
     Returns
     -------
     The path written.
     """
     path = Path(path)
-    unknown = set(refinement or {}) - set(_REFINEMENT) - {"details"}
+    unknown = set(refinement or {}) - set(_REFINEMENT) - set(_TEXT)
     if unknown:
-        known = ", ".join([*_REFINEMENT, "details"])
+        known = ", ".join([*_REFINEMENT, *_TEXT])
         raise ValueError(f"unknown refinement keys {sorted(unknown)}; expected some of {known}")
     name = block_name or crystal.block or path.stem
     lines = [f"data_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:70] or 'blochnet'}", ""]
@@ -171,10 +176,10 @@ def _refinement_lines(refinement: dict) -> list[str]:
     for key, (tag, style) in _REFINEMENT.items():
         if (value := refinement.get(key)) is not None:
             lines.append(f"{tag} {style.format(int(value) if 'd' in style else float(value))}")
-    details = refinement.get("details")
-    if details:
-        text = re.sub(r"^;", " ;", details.rstrip("\n"), flags=re.MULTILINE)  # not a delimiter
-        lines += ["_refine_special_details", ";", text, ";"]
+    for key, tag in _TEXT.items():
+        if details := refinement.get(key):
+            text = re.sub(r"^;", " ;", details.rstrip("\n"), flags=re.MULTILINE)  # not a delimiter
+            lines += [tag, ";", text, ";"]
     return [*lines, ""]
 
 

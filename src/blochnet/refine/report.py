@@ -44,9 +44,22 @@ def refined_crystal(structure, su: dict | None = None) -> Crystal:
 
 
 def write_report(
-    model, crystal: Crystal, history, config, out: Path, *, wall_time: float, su: dict | None = None
+    model,
+    crystal: Crystal,
+    history,
+    config,
+    out: Path,
+    *,
+    wall_time: float,
+    su: dict | None = None,
+    absolute_structure: dict | None = None,
 ) -> dict:
-    """Write ``report.json`` and ``refined.cif`` to ``out``; return the report."""
+    """Write ``report.json`` and ``refined.cif`` to ``out``; return the report.
+
+    ``absolute_structure``: the record of the hand refined (see
+    :mod:`blochnet.refine.absolute`), with ``inverse_of_refined`` (the R values of the
+    refined structure inverted) where it was scored.
+    """
     first = model.objectives[0]
     n_parameters = count_parameters(model)
     with torch.no_grad():
@@ -97,6 +110,7 @@ def write_report(
             "su": (su or {}).get("absorption"),
             "refined": bool(model.structure.kappa_shift.numel()),
         },
+        "absolute_structure": absolute_structure,
         "frames": frames,
         "epochs": len(history),
         "history": [asdict(h) for h in history],
@@ -113,8 +127,28 @@ def write_report(
         "wavelength": first.simulator.dataset.wavelength,
         "details": f"blochnet dynamical refinement; {first.simulator.selection.rule}; "
                    f"thickness model {config.thickness.kind}",
+        "abs_structure_details": _absolute_text(absolute_structure, merit),
     })  # fmt: skip
     return report
+
+
+def _absolute_text(record: dict | None, merit) -> str | None:
+    """The absolute-structure evidence as a sentence for ``refined.cif``."""
+    if not record or "inverse_of_refined" not in record:
+        return None
+    inverse = record["inverse_of_refined"]
+    text = (
+        f"Absolute structure from dynamical diffraction: R1(obs) {100 * merit.r1_obs:.2f} % "
+        f"(frame mean {100 * merit.r1_obs_frame_mean:.2f} %); the same model inverted "
+        f"{100 * inverse['r_obs']:.2f} % ({100 * inverse['r_obs_frame_mean']:.2f} %)."
+    )
+    if record.get("scan_r_obs"):
+        scan = record["scan_r_obs"]
+        text += (
+            f" Thickness scan before refinement: {100 * scan['given']:.2f} % for the "
+            f"starting structure as given, {100 * scan['inverted']:.2f} % inverted."
+        )
+    return text
 
 
 def count_parameters(model) -> int:

@@ -26,6 +26,12 @@ from blochnet.experiment.evaluate import structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions
 from blochnet.io.atomic import write_text_atomically
+from blochnet.refine.absolute import (
+    AbsoluteStructure,
+    AbsoluteStructureMode,
+    choose_absolute_structure,
+    inverse_r_values,
+)
 from blochnet.refine.engine import EpochRecord, optimise_adam
 from blochnet.refine.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refine.objective import Objective, joint_figures_of_merit
@@ -102,6 +108,14 @@ class RefineConfig(BaseModel):
         description=(
             "b of the robust (Cauchy) loss, c = b × the robust scale of the weighted "
             "residuals (see blochnet.refine.objective); 0: plain weighted least squares"
+        ),
+    )
+    absolute_structure: AbsoluteStructureMode = Field(
+        "check",
+        description=(
+            "non-centrosymmetric structures: 'check' scans the thickness with the structure "
+            "as given and inverted and refines the hand with the lower R1(obs); 'given' or "
+            "'inverted' refine that hand"
         ),
     )
     auto_setup: bool = Field(
@@ -256,22 +270,37 @@ def refine(
             update={"simulation": SimulationConfig.model_validate(saved["simulation"])}
         )
         starts = saved.get("starting_thickness")
-    elif config.auto_setup:
-        setup = choose_settings(
-            crystal,
-            datasets,
-            config.simulation,
-            t0=config.thickness.t0,
-            fixed=set(config.simulation.model_fields_set),
-            dtype=dtype,
-            device=device,
+        hand = AbsoluteStructure.from_dict(
+            saved.get("absolute_structure", {"mode": "given", "inverted": False})
         )
-        config = config.model_copy(update={"simulation": setup.simulation})
-        starts = setup.t0
-        for line in setup.lines:
-            if setup_report is not None:
-                setup_report(line)
-    record = json.loads(config.model_dump_json()) | {"starting_thickness": starts}
+        crystal = crystal.inverted() if hand.inverted else crystal
+    else:
+        crystal, hand = choose_absolute_structure(
+            crystal, datasets, config.simulation, config.absolute_structure,
+            dtype=dtype, device=device,
+        )  # fmt: skip
+        if setup_report is not None:
+            setup_report(hand.describe())
+        if config.auto_setup:
+            setup = choose_settings(
+                crystal,
+                datasets,
+                config.simulation,
+                t0=config.thickness.t0,
+                fixed=set(config.simulation.model_fields_set),
+                scanned=hand.scan_thickness,
+                dtype=dtype,
+                device=device,
+            )
+            config = config.model_copy(update={"simulation": setup.simulation})
+            starts = setup.t0
+            for line in setup.lines:
+                if setup_report is not None:
+                    setup_report(line)
+    record = json.loads(config.model_dump_json()) | {
+        "starting_thickness": starts,
+        "absolute_structure": hand.to_dict(),
+    }
     write_text_atomically(resolved, json.dumps(record, indent=1) + "\n")
     model = build_refinement(crystal, datasets, config, dtype=dtype, device=device, starts=starts)
     sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
@@ -294,7 +323,14 @@ def refine(
         if stage_report is not None:
             stage_report(f"standard uncertainties done ({time.perf_counter() - tick:.0f} s)")
     refined = refined_crystal(model.structure, su)
+    absolute = hand.to_dict()
+    if not crystal.is_centrosymmetric:
+        if stage_report is not None:
+            stage_report("absolute structure: scoring the refined structure inverted")
+        inverse = inverse_r_values(model, refined, datasets, config, dtype=dtype, device=device)
+        absolute["inverse_of_refined"] = inverse
     result = write_report(
-        model, refined, history, config, out, wall_time=time.perf_counter() - start, su=su
-    )
+        model, refined, history, config, out, wall_time=time.perf_counter() - start, su=su,
+        absolute_structure=absolute,
+    )  # fmt: skip
     return RefinementResult(refined, result, history, out)

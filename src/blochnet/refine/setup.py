@@ -44,13 +44,32 @@ def choose_settings(
     *,
     t0: float | None,
     fixed: set[str],
+    scanned: list[float] | None = None,
     dtype=torch.float64,
     device=None,
 ) -> Setup:
-    """Starting thicknesses and converged simulation settings (fields in ``fixed`` kept)."""
+    """Starting thicknesses and converged simulation settings (fields in ``fixed`` kept).
+
+    ``t0``: the user's starting thickness (no scan); ``scanned``: each data set's best
+    thickness of a scan already made (the absolute-structure check), reused.
+    """
     lines: list[str] = []
+
+    def start(n: int, ds: Dataset) -> float:
+        if t0 is not None:
+            return t0
+        if scanned is not None:
+            return scanned[n]
+        thickness, merit = scan_thickness(crystal, ds, simulation, dtype, device)
+        lines.append(
+            f"starting thickness {thickness:.0f} Å: lowest R1(obs) "
+            f"({100 * merit.r1_obs:.2f} % over {merit.n_obs} obs) of a scan "
+            f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({ds.source or 'data set'})"
+        )
+        return thickness
+
     first = datasets[0]
-    thickness = t0 if t0 is not None else _scan(crystal, first, simulation, dtype, device, lines)
+    thickness = start(0, first)
     for name, finer in list(_refinements(simulation, first, fixed)):
         change = _change(crystal, first, simulation, finer, thickness, dtype, device)
         if change > TOLERANCE:
@@ -58,22 +77,18 @@ def choose_settings(
             simulation = finer
         else:
             lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
-    starts = [thickness] + [
-        t0 if t0 is not None else _scan(crystal, ds, simulation, dtype, device, lines)
-        for ds in datasets[1:]
-    ]
+    starts = [thickness] + [start(n, ds) for n, ds in enumerate(datasets[1:], 1)]
+    if scanned is not None and t0 is None:
+        lines.insert(0, "starting thickness " + ", ".join(f"{t:.0f} Å" for t in starts)
+                     + f": lowest R1(obs) of a scan {SCAN[0]:.0f}–{SCAN[-1]:.0f} Å")  # fmt: skip
     return Setup(simulation, starts, lines)
 
 
-def _scan(crystal, dataset, simulation, dtype, device, lines) -> float:
+def scan_thickness(crystal, dataset, simulation, dtype=torch.float64, device=None):
+    """(best thickness [Å], its figures of merit) of a scan of one thickness for every
+    frame over ``SCAN``, with the structure and orientations as given."""
     result = evaluate(crystal, dataset, SCAN, config=simulation, dtype=dtype, device=device)
-    best = result.best_merit
-    lines.append(
-        f"starting thickness {result.best_thickness:.0f} Å: lowest R1(obs) "
-        f"({100 * best.r1_obs:.2f} % over {best.n_obs} obs) of a scan "
-        f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({dataset.source or 'data set'})"
-    )
-    return float(result.best_thickness)
+    return float(result.best_thickness), result.best_merit
 
 
 def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]):
