@@ -252,7 +252,10 @@ def refine(
     ``refined.cif``, each atomically. With ``config.auto_setup``, settings the
     configuration leaves open are first chosen from the data (:mod:`blochnet.refine.setup`;
     each choice is passed to ``setup_report``) and saved in ``config.json``; the stages
-    after the epochs (the s.u.) are announced through ``stage_report``. Adam runs
+    after the epochs (the s.u.) are announced through ``stage_report``. A
+    non-centrosymmetric structure is first checked against its inverse
+    (``config.absolute_structure``, :mod:`blochnet.refine.absolute`; the choice also goes
+    to ``setup_report``), and the refined model is scored inverted at the end. Adam runs
     first (every group, networks included), then ``config.lm_iterations``
     Levenberg–Marquardt steps on the physical parameters (structure, orientations,
     per-frame thickness).
