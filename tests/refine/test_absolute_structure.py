@@ -6,15 +6,9 @@ import gemmi
 import numpy as np
 import pytest
 import torch
+from small_data import SIMULATION, small_quartz_frames
 
 from blochnet.examples import example_path
-from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.synthetic import (
-    ConstantThickness,
-    GeneratedGeometry,
-    NoiseModel,
-    simulate_experiment,
-)
 from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.beams import reciprocal_lattice_points
@@ -22,10 +16,6 @@ from blochnet.physics.crystal_model import CrystalModel
 from blochnet.refine.absolute import choose_absolute_structure
 from blochnet.refine.run import LearningRates, RefineConfig, refine
 from blochnet.refine.thickness import ThicknessConfig
-
-SIMULATION = SimulationConfig(
-    n_tilts=3, g_max=1.5, sg_max=0.03, selection=SelectionRule(g_max=1.1, rsg_max=1.0)
-)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +26,7 @@ def quartz():
 @pytest.fixture(scope="module")
 def inverse_data(quartz):
     """Frames simulated from the inverse of the bundled quartz (P3₁21)."""
-    torch.set_num_threads(1)
-    dataset, _ = simulate_experiment(
-        quartz.inverted(),
-        generated=GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1),
-        thickness=ConstantThickness(value=500.0),
-        noise=NoiseModel(dose=1e8, background=1.0),
-        config=SIMULATION,
-        seed=5,
-    )
-    return dataset
+    return small_quartz_frames(quartz.inverted(), seed=5)
 
 
 def test_the_inverse_negates_coordinates_and_turns_p3221_into_p3121(quartz):

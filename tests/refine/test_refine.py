@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from small_data import SIMULATION, small_quartz_frames
 from typer.testing import CliRunner
 
 import blochnet
 from blochnet.cli.main import app
 from blochnet.examples import example_path
-from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.merit import optimal_scales
 from blochnet.experiment.synthetic import (
     ConstantThickness,
@@ -28,25 +28,11 @@ from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, r
 from blochnet.refine.thickness import ThicknessConfig
 from blochnet.refine.uncertainty import residual_jacobian, structure_uncertainties
 
-SIMULATION = SimulationConfig(
-    n_tilts=3, g_max=1.5, sg_max=0.03, selection=SelectionRule(g_max=1.1, rsg_max=1.0)
-)
-
 
 @pytest.fixture(scope="module")
 def synthetic():
-    torch.set_num_threads(1)
     crystal = read_structure(example_path("quartz"))
-    geometry = GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1)
-    dataset, _ = simulate_experiment(
-        crystal,
-        generated=geometry,
-        thickness=ConstantThickness(value=500.0),
-        noise=NoiseModel(dose=1e8, background=1.0),
-        config=SIMULATION,
-        seed=3,
-    )
-    return crystal, dataset
+    return crystal, small_quartz_frames(crystal, seed=3)
 
 
 def _config(**changes):
