@@ -59,6 +59,20 @@ class SymOp:
     translation: np.ndarray  # (3,) float in [0, 1)
     xyz: str = ""  # the operator as a triplet, e.g. "-y,x-y,z+2/3"
 
+    def triplet(self) -> str:
+        """The operator as a triplet: ``xyz`` where set, else written from R and t."""
+        if self.xyz:
+            return self.xyz.replace(" ", "")
+        matrix, den = gemmi.Op(), gemmi.Op.DEN
+        matrix.rot = (np.rint(self.rotation) * den).astype(int).tolist()
+        matrix.tran = (np.rint(np.asarray(self.translation) * den).astype(int) % den).tolist()
+        return matrix.triplet()
+
+
+def find_space_group(operators: list[SymOp]) -> gemmi.SpaceGroup | None:
+    """gemmi's space group with exactly these operators (None for an unlisted setting)."""
+    return gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(o.triplet()) for o in operators]))
+
 
 @dataclass
 class Atom:
@@ -124,15 +138,11 @@ class Crystal:
         such as Pna2₁ keeps its name). ADPs, occupancies and s.u. are unchanged: a
         displacement tensor is even under inversion.
         """
-        den = gemmi.Op.DEN
-        operators = []
-        for op in self.operators:
-            shift = np.rint(-np.asarray(op.translation) * den).astype(int) % den
-            matrix = gemmi.Op()
-            matrix.rot = (np.asarray(op.rotation, dtype=int) * den).tolist()
-            matrix.tran = shift.tolist()
-            operators.append(SymOp(op.rotation.copy(), shift / den, matrix.triplet()))
-        found = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(o.xyz) for o in operators]))
+        operators = [
+            SymOp(op.rotation.copy(), -np.asarray(op.translation, dtype=float) % 1.0)
+            for op in self.operators
+        ]
+        found = find_space_group(operators)
         atoms = []
         for atom in self.atoms:
             xyz = -np.asarray(atom.xyz, dtype=float)

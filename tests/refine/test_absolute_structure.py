@@ -40,7 +40,7 @@ def test_the_inverse_negates_coordinates_and_turns_p3221_into_p3121(quartz):
         np.testing.assert_array_equal(image.uij, atom.uij)  # even under inversion
     again = inverse.inverted()
     assert again.spacegroup == quartz.spacegroup
-    assert {op.xyz for op in again.operators} == {op.xyz for op in quartz.operators}
+    assert {op.triplet() for op in again.operators} == {op.triplet() for op in quartz.operators}
 
 
 def test_structure_factors_of_the_inverse_are_those_of_minus_h_also_for_gemmi(quartz, tmp_path):

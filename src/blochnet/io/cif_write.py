@@ -16,11 +16,10 @@ from importlib import metadata
 from os import PathLike
 from pathlib import Path
 
-import gemmi
 import numpy as np
 from gemmi import cif
 
-from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, SymOp
+from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, find_space_group
 from blochnet.io.atomic import write_text_atomically
 from blochnet.physics.symmetry import SiteConstraint, site_constraints
 
@@ -150,25 +149,15 @@ def _volume(cell: Cell) -> tuple[float, float | None]:
 
 
 def _symmetry_lines(crystal: Crystal) -> list[str]:
-    group = gemmi.GroupOps([gemmi.Op(_triplet(op)) for op in crystal.operators])
-    spacegroup = gemmi.find_spacegroup_by_ops(group)
+    spacegroup = find_space_group(crystal.operators)
     name = crystal.spacegroup or (spacegroup.xhm() if spacegroup else "?")
     lines = [f"_space_group_name_H-M_alt {cif.quote(name)}"]
     if spacegroup is not None:
         lines.append(f"_space_group_name_Hall {cif.quote(spacegroup.hall)}")
         lines.append(f"_space_group_IT_number {spacegroup.number}")
     lines += ["", "loop_", "_space_group_symop_id", "_space_group_symop_operation_xyz"]
-    lines += [f"{i} {cif.quote(_triplet(op))}" for i, op in enumerate(crystal.operators, 1)]
+    lines += [f"{i} {cif.quote(op.triplet())}" for i, op in enumerate(crystal.operators, 1)]
     return [*lines, ""]
-
-
-def _triplet(op: SymOp) -> str:
-    if op.xyz:
-        return op.xyz.replace(" ", "")
-    matrix, den = gemmi.Op(), gemmi.Op.DEN
-    matrix.rot = (np.rint(op.rotation) * den).astype(int).tolist()
-    matrix.tran = (np.rint(np.asarray(op.translation) * den).astype(int) % den).tolist()
-    return matrix.triplet()
 
 
 def _refinement_lines(refinement: dict) -> list[str]:
