@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 from blochnet.cli.main import app
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import FrameSimulator, select_reflections
+from blochnet.experiment.frames import FrameSimulator, rotation_matrices, select_reflections
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
 from blochnet.experiment.pattern import simulate_pattern
 from blochnet.experiment.rocking import (
     grid_directions,
+    grid_frames,
     resolve_rocking,
     rocking_directions,
     turned_beam,
@@ -204,29 +205,44 @@ def test_rows_repeating_one_intensity_per_reflection_are_whole_rocking_curves(na
     assert resolve_rocking(SimulationConfig(), changed) == "frame"
 
 
-def test_rotation_grid_points_belong_to_the_nearest_frame_and_turn_about_its_axis():
+def test_rotation_grid_points_turn_about_the_axis_and_blend_the_frames_on_either_side():
     _, dataset = _load("glycine")
-    step = 0.05
+    step = 0.001  # the frame angles (three decimals) lie on the grid
     alpha = dataset.frames.alpha
     grid = np.round(alpha / step).astype(int)
     directions, owner = grid_directions(dataset, grid, step)
     assert np.array_equal(owner, np.arange(dataset.n_frames))
-    # at (the grid point nearest) its own angle a frame's sample is its beam direction
-    turn = np.degrees(
-        np.arccos(np.clip(np.einsum("fi,fi->f", directions, beam_directions(dataset)), -1, 1))
-    )
-    sin_axis = np.linalg.norm(
-        np.cross(beam_directions(dataset), goniometer_axis_crystal(dataset)), axis=1
-    )
-    assert np.allclose(turn, np.abs(grid * step - alpha) * sin_axis, atol=1e-6)
-    # half-way to the next frame the two frames' orientations agree (one continuous scan):
-    # turning the wrong way would leave them a whole frame step (1.8°) apart
+    # at its own angle a frame's sample is its beam direction
+    assert np.allclose(directions, beam_directions(dataset), atol=1e-12)
+    # part-way to the next frame: each frame's orientation turned about its axis by
+    # φ − α, blended linearly by angle (this file's frames, refined separately, disagree
+    # there by up to 0.25°: turning the wrong way would leave them a whole step apart)
     d, a = beam_directions(dataset), goniometer_axis_crystal(dataset)
-    middle = np.radians((alpha[:-1] + alpha[1:]) / 2)
-    from_left = turned_beam(d[:-1], a[:-1], middle - np.radians(alpha[:-1]))
-    from_right = turned_beam(d[1:], a[1:], middle - np.radians(alpha[1:]))
+    between = np.round((alpha[:-1] + 0.3 * np.diff(alpha)) / step).astype(int)
+    phi = between * step
+    fraction = ((phi - alpha[:-1]) / np.diff(alpha))[:, None]
+    from_left = turned_beam(d[:-1], a[:-1], np.radians(phi - alpha[:-1]))
+    from_right = turned_beam(d[1:], a[1:], np.radians(phi - alpha[1:]))
     cosine = np.clip(np.einsum("fi,fi->f", from_left, from_right), -1, 1)
     assert np.all(np.degrees(np.arccos(cosine)) < 0.25)
+    blended = (1 - fraction) * from_left + fraction * from_right
+    blended /= np.linalg.norm(blended, axis=1, keepdims=True)
+    got, owner = grid_directions(dataset, between, step)
+    assert np.allclose(got, blended, atol=1e-12)
+    assert np.array_equal(owner, np.arange(dataset.n_frames - 1))  # the nearer frame
+    where = grid_frames(dataset, between, step)
+    assert np.array_equal(where.lower, np.arange(dataset.n_frames - 1))
+    assert np.array_equal(where.upper, np.arange(1, dataset.n_frames))
+    assert np.allclose(where.blend, fraction[:, 0]) and np.all(abs(where.blend - 0.3) < 0.01)
+    # continuous along the whole scan: no jump between neighbouring grid points, and
+    # beyond the first and last frames their own orientation turned
+    fine = np.arange(int(alpha[0] / step) - 500, int(alpha[-1] / step) + 500, 10)
+    path, _ = grid_directions(dataset, fine, step)
+    jump = np.degrees(np.arccos(np.clip(np.einsum("fi,fi->f", path[1:], path[:-1]), -1, 1)))
+    assert jump.max() < 10 * step * 1.05
+    ends = grid_frames(dataset, fine[[0, -1]], step)
+    assert list(ends.lower) == list(ends.upper) == [0, dataset.n_frames - 1]
+    assert np.all(ends.blend == 0)
 
 
 def test_integrated_rows_sum_their_reflection_over_the_grid_points_of_their_window():
@@ -258,3 +274,58 @@ def test_integrated_rows_sum_their_reflection_over_the_grid_points_of_their_wind
             expected += pattern.intensities.detach().numpy()[:, index[hkl]]
         expected *= config.rocking_step / (2 * semi)
         np.testing.assert_allclose(values[row], expected, rtol=1e-9, atol=1e-14)
+
+
+def test_integrated_samples_between_frames_blend_their_thickness_and_correction():
+    """A rocking curve crossing a frame boundary sees the thickness and the orientation
+    correction change linearly from one frame's to the next's, not in a step."""
+    crystal, dataset = _load("quartz")
+    dataset = _first_frames(dataset, 2)
+    # every beam |g| ≤ 1 Å⁻¹ in every beam set (sg_max beyond reach), so that the
+    # corrected orientations have the same beams as the single-pattern calculations
+    config = SimulationConfig(
+        rocking="integrated",
+        rocking_step=0.1,
+        rocking_window=0.004,
+        g_max=1.0,
+        sg_max=10.0,
+        selection=SelectionRule(g_max=1.0),
+    )
+    simulator = FrameSimulator(crystal, dataset, config)
+    thickness = np.array([[300.0], [700.0]])
+    turn = np.array([[0.0, 0.0, 0.0], [0.002, -0.001, 0.005]])  # [rad]
+    values = simulator.intensities(
+        simulator.model.atom_tensors(),
+        torch.tensor(thickness),
+        rotations=torch.tensor(turn),
+    ).numpy()[:, 0]
+    windows = simulator.windows
+    semi = dataset.frames.semi_angle[0]
+    blended_rows = 0
+    for row in range(simulator.n_used):
+        grid = np.arange(windows.start[row], windows.stop[row])
+        where = grid_frames(dataset, grid, config.rocking_step)
+        if not np.any((where.blend > 0.2) & (where.blend < 0.8)):
+            continue
+        blended_rows += 1
+        hkl = tuple(dataset.reflections.hkl[simulator.used_rows[row]])
+        directions, _ = grid_directions(dataset, grid, config.rocking_step)
+        expected = 0.0
+        for d, lo, hi, b in zip(directions, where.lower, where.upper, where.blend, strict=True):
+            t = (1 - b) * thickness[lo, 0] + b * thickness[hi, 0]
+            vector = (1 - b) * turn[lo] + b * turn[hi]
+            d = rotation_matrices(torch.tensor(vector)).numpy() @ d
+            uvw = np.linalg.solve(direct_matrix(crystal.cell), d)
+            pattern = simulate_pattern(
+                crystal, uvw, [t], voltage=dataset.voltage, g_max=1.0, sg_max=10.0
+            )
+            index = {tuple(h): i for i, h in enumerate(pattern.hkl)}
+            expected += pattern.intensities.detach().numpy()[0, index[hkl]]
+        expected *= config.rocking_step / (2 * semi)
+        np.testing.assert_allclose(values[row], expected, rtol=1e-9, atol=1e-14)
+        if blended_rows == 3:
+            break
+    assert blended_rows == 3
+    # the per-frame Jacobian structure knows that such rows depend on both frames
+    pairs = {tuple(p) for p in simulator.dependencies}
+    assert any((r, 0) in pairs and (r, 1) in pairs for r in range(simulator.n_used))

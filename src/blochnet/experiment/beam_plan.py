@@ -20,7 +20,7 @@ from torch import Tensor
 from blochnet.crystal import Cell
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.rocking import RockingWindows, grid_directions
+from blochnet.experiment.rocking import RockingWindows, grid_directions, grid_frames
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
@@ -34,6 +34,8 @@ class Orientation:
     columns: np.ndarray  # (pair,) beam column of each compared row
     rows: np.ndarray  # (pair,) used-row index
     weights: np.ndarray  # (pair,)
+    neighbour: int = -1  # with ``blend``: (1 − blend)·frame's + blend·neighbour's (-1: frame)
+    blend: float = 0.0
 
 
 @dataclass
@@ -41,6 +43,9 @@ class OrientationGroup:
     batch: BeamBatch
     directions: Tensor  # (orient, 3)
     frame: Tensor  # (orient,) frame row of each orientation
+    neighbour: Tensor  # (orient,) frame blended in with weight ``blend`` (integrated mode)
+    blend: Tensor  # (orient,) weight of ``neighbour``'s thickness and orientation correction
+    blended: bool  # any blend > 0
     obs_orient: Tensor  # (m,) orientation row of each (orientation, observation) pair
     obs_beam: Tensor  # (m,) beam column
     obs_row: Tensor  # (m,) index into the used observations
@@ -108,7 +113,9 @@ def integrated_orientations(
     config: SimulationConfig,
 ) -> list[Orientation]:
     """``integrated`` mode: one orientation per point of the shared rotation grid that some
-    row's window covers, read by those rows with weight step / (2Δ) of the row's frame."""
+    row's window covers, read by those rows with weight step / (2Δ) of the row's frame; a
+    point between two frames blends their thickness and orientation correction linearly
+    (:func:`blochnet.experiment.rocking.grid_frames`)."""
     k0 = 1.0 / dataset.wavelength
     length = windows.stop - windows.start
     pair_row = np.repeat(np.arange(len(frame_of_used)), length)
@@ -118,7 +125,8 @@ def integrated_orientations(
     semi = dataset.frames.semi_angle[frame_of_used]
     pair_weight = (config.rocking_step / (2 * semi))[pair_row]
     grid, inverse = np.unique(pair_grid, return_inverse=True)
-    directions, owner = grid_directions(dataset, grid, config.rocking_step)
+    directions, _ = grid_directions(dataset, grid, config.rocking_step)
+    where = grid_frames(dataset, grid, config.rocking_step)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(grid) + 1))
     out = []
@@ -131,11 +139,13 @@ def integrated_orientations(
         out.append(
             Orientation(
                 directions[j],
-                int(owner[j]),
+                int(where.lower[j]),
                 table.hkl[keep[:, 0]],
                 position[table.compared[rows], 0],
                 rows,
                 pair_weight[pairs],
+                int(where.upper[j]),
+                float(where.blend[j]),
             )
         )
     return out
@@ -164,6 +174,9 @@ def build_groups(
                     np.array([o.direction for o in chosen]), dtype=dtype, device=device
                 ),
                 frame=long([o.frame for o in chosen]),
+                neighbour=long([o.frame if o.neighbour < 0 else o.neighbour for o in chosen]),
+                blend=torch.as_tensor([o.blend for o in chosen], dtype=dtype, device=device),
+                blended=any(o.blend > 0 for o in chosen),
                 obs_orient=long(orient),
                 obs_beam=long(cat("columns")),
                 obs_row=long(cat("rows")),

@@ -9,11 +9,13 @@ Two ways of integrating the rocking curve (``SimulationConfig.rocking``):
 * ``integrated``: a row is the reflection's whole rocking curve, as written by PETS2 with
   "sum all intensities" and by DIALS' PETS export (the same intensity in every frame that
   lists the reflection). The rotation is sampled on one grid of ``rocking_step`` for the
-  whole data set; a sample belongs to the frame with the nearest rotation angle (whose
-  orientation, correction and thickness it uses), and a row is the sum of its reflection's
-  intensity over the samples where |s_g| ≤ ``rocking_window`` around the Bragg crossing
-  closest to its frame, times the step, divided by the frame's range 2Δ (so both modes
-  give comparable numbers). Samples are shared by every row that needs them.
+  whole data set; a sample between the angles of two frames blends their orientations,
+  orientation corrections and thicknesses linearly by angle (so the crystal turns and
+  drifts continuously along the scan, and no Bragg crossing at a frame boundary is
+  counted twice or skipped by a step of the corrections), and a row is the sum of its
+  reflection's intensity over the samples where |s_g| ≤ ``rocking_window`` around the
+  Bragg crossing closest to its frame, times the step, divided by the frame's range 2Δ
+  (so both modes give comparable numbers). Samples are shared by every row that needs them.
 
 Each orientation gets its own beam set (|g| ≤ g_max, |s_g| ≤ sg_max, plus every reflection
 compared there). Orientations of similar beam count are solved together (one
@@ -165,6 +167,11 @@ class FrameSimulator:
         pairs = np.unique(
             np.concatenate(
                 [np.stack([o.rows, np.full(len(o.rows), o.frame)], 1) for o in orientations]
+                + [
+                    np.stack([o.rows, np.full(len(o.rows), o.neighbour)], 1)
+                    for o in orientations
+                    if o.neighbour >= 0 and o.blend > 0
+                ]
                 + [np.stack([np.arange(self.n_used), self.frame_of_used], 1)]
             ),
             axis=0,
@@ -224,21 +231,32 @@ class FrameSimulator:
             g = model.g_vectors(batch.hkl)
             directions = group.directions
             if rotations is not None:
-                turn = rotation_matrices(rotations)[group.frame]  # (orient, 3, 3)
+                turn = rotation_matrices(_per_orientation(rotations, group))  # (orient, 3, 3)
                 directions = (turn @ directions[:, :, None])[..., 0]
             s = excitation_errors(g, k * directions)
             a, a_abs = structure_matrices(batch, u, s, k, u0, kappa)
-            t = thickness[group.frame]
+            t = _per_orientation(thickness, group)
             intensity = bloch_intensities(
                 a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver
             )
             values = intensity[group.obs_orient, :, group.obs_beam]  # (m, sample)
             if weights is not None:
-                values = (values * weights[group.frame][group.obs_orient]).sum(1, keepdim=True)
+                w = _per_orientation(weights, group)[group.obs_orient]
+                values = (values * w).sum(1, keepdim=True)
             out = out.index_add(0, group.obs_row, values * group.obs_weight[:, None])
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
         return out[:, 0] if weights is not None else out
+
+
+def _per_orientation(values: Tensor, group) -> Tensor:
+    """Per-frame ``values`` (frame, ...) at each orientation of ``group``: its frame's, or
+    between two frames (integrated mode) the linear blend of theirs."""
+    own = values[group.frame]
+    if not group.blended:
+        return own
+    blend = group.blend.to(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
+    return own + blend * (values[group.neighbour] - own)
 
 
 def rotation_matrices(vectors: Tensor) -> Tensor:

@@ -2,8 +2,9 @@
 
 A frame's own range is sampled by tilts about the goniometer axis (continuous rotation) or
 azimuths on the precession cone; whole-rocking-curve rows (see :mod:`blochnet.experiment.frames`)
-use one rotation grid for the whole data set, each grid point belonging to the frame of
-nearest rotation angle, and an integration window per row around its Bragg crossing.
+use one rotation grid for the whole data set, each grid point between two frames taking
+their per-frame quantities blended linearly by angle, and an integration window per row
+around its Bragg crossing.
 """
 
 from __future__ import annotations
@@ -112,23 +113,57 @@ def rocking_windows(dataset: Dataset, rows: np.ndarray, config: SimulationConfig
     return RockingWindows(first + left + 1, first + right, reason)
 
 
+@dataclass
+class GridFrames:
+    """The frames on either side of rotation-grid points (...): a point at φ between the
+    angles α of frames ``lower`` and ``upper`` takes (1 − ``blend``) of ``lower``'s per-frame
+    quantities and ``blend`` of ``upper``'s, with blend = (φ − α_lower)/(α_upper − α_lower);
+    beyond the first or last frame both are that frame (blend 0). ``owner`` is the frame of
+    nearest angle."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    blend: np.ndarray
+    owner: np.ndarray
+
+
+def grid_frames(dataset: Dataset, grid: np.ndarray, step: float) -> GridFrames:
+    """:class:`GridFrames` of rotation-grid indices ``grid`` (...), φ = index·``step`` [deg]."""
+    alpha = np.asarray(dataset.frames.alpha, dtype=float)
+    phi = np.asarray(grid) * step
+    if len(alpha) == 1:
+        zero = np.zeros(np.shape(grid), dtype=np.int64)
+        return GridFrames(zero, zero, np.zeros(np.shape(grid)), zero)
+    order = np.argsort(alpha, kind="stable")
+    pos = np.clip(np.searchsorted(alpha[order], phi, side="right"), 1, len(order) - 1)
+    lower, upper = order[pos - 1], order[pos]
+    span = alpha[upper] - alpha[lower]
+    blend = np.clip((phi - alpha[lower]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    blend = np.where(span > 0, blend, 0.0)
+    before, after = phi < alpha[order[0]], phi > alpha[order[-1]]
+    lower = np.where(after, upper, lower)
+    upper = np.where(before, lower, upper)
+    blend = np.where(before | after, 0.0, blend)
+    owner = np.where(blend > 0.5, upper, lower)
+    return GridFrames(lower, upper, blend, owner)
+
+
 def grid_directions(
     dataset: Dataset, grid: np.ndarray, step: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Beam directions (..., 3) at rotation-grid indices ``grid`` (...) and owning frames (...).
 
-    A grid point φ = index·``step`` [deg] belongs to the frame of nearest angle α and is that
-    frame's orientation turned by φ − α about the goniometer axis.
+    A grid point φ = index·``step`` [deg] between the angles of two frames takes each
+    frame's orientation turned by φ − α about its goniometer axis and blends the two
+    linearly (:func:`grid_frames`), so the orientation is continuous along the scan even
+    where the frames' own orientations were refined separately; it belongs to the frame of
+    nearest angle.
     """
-    alpha = np.asarray(dataset.frames.alpha, dtype=float)
-    order = np.argsort(alpha, kind="stable")
-    phi = grid * step
-    pos = np.clip(np.searchsorted(alpha[order], phi), 1, len(order) - 1) if len(order) > 1 else 0
-    if len(order) > 1:
-        lower, upper = order[pos - 1], order[pos]
-        owner = np.where(np.abs(phi - alpha[lower]) <= np.abs(alpha[upper] - phi), lower, upper)
-    else:
-        owner = np.zeros(np.shape(grid), dtype=np.int64)
-    d = beam_directions(dataset)[owner]
-    a = goniometer_axis_crystal(dataset)[owner]
-    return turned_beam(d, a, np.radians(phi - alpha[owner])), owner
+    where = grid_frames(dataset, grid, step)
+    phi = np.radians(np.asarray(grid) * step)
+    alpha = np.radians(np.asarray(dataset.frames.alpha, dtype=float))
+    d, a = beam_directions(dataset), goniometer_axis_crystal(dataset)
+    low = turned_beam(d[where.lower], a[where.lower], phi - alpha[where.lower])
+    high = turned_beam(d[where.upper], a[where.upper], phi - alpha[where.upper])
+    mixed = (1 - where.blend)[..., None] * low + where.blend[..., None] * high
+    return mixed / np.linalg.norm(mixed, axis=-1, keepdims=True), where.owner
