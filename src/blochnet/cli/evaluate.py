@@ -11,6 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from blochnet.experiment.config import SimulationConfig
+
+_DEFAULT = SimulationConfig()
+
 _HELP = """Simulate every frame of DATA for STRUCTURE and print R1(obs), R1(all), wR2 and GoF.
 
 With --thickness-scan TMIN TMAX N the frames are simulated at N thicknesses at once (one
@@ -34,12 +38,14 @@ def evaluate(
     rocking: Annotated[
         str, typer.Option(help="auto, frame or integrated (whole rocking curves per row)")
     ] = "auto",
-    n_tilts: Annotated[int, typer.Option(help="orientations across each frame (frame mode)")] = 41,
+    n_tilts: Annotated[
+        int, typer.Option(help="orientations across each frame (frame mode)")
+    ] = _DEFAULT.n_tilts,
     rocking_step: Annotated[
         float, typer.Option(help="rotation step for whole rocking curves [deg]")
-    ] = 0.05,
-    g_max: Annotated[float, typer.Option(help="largest |g| of a beam [Å⁻¹]")] = 2.0,
-    sg_max: Annotated[float, typer.Option(help="largest |s_g| of a beam [Å⁻¹]")] = 0.03,
+    ] = _DEFAULT.rocking_step,
+    g_max: Annotated[float, typer.Option(help="largest |g| of a beam [Å⁻¹]")] = _DEFAULT.g_max,
+    sg_max: Annotated[float, typer.Option(help="largest |s_g| of a beam [Å⁻¹]")] = _DEFAULT.sg_max,
     score_g_max: Annotated[float, typer.Option(help="resolution limit for scoring [Å⁻¹]")] = 1.6,
     rsg_max: Annotated[
         float | None,

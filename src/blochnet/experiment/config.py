@@ -59,7 +59,7 @@ class SimulationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     g_max: float = Field(2.0, gt=0, description="largest |g| of a beam in the Bloch matrix [Å⁻¹]")
-    sg_max: float = Field(0.03, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
+    sg_max: float = Field(0.02, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
     rocking: Literal["auto", "frame", "integrated"] = Field(
         "auto",
         description=(
@@ -73,7 +73,13 @@ class SimulationConfig(BaseModel):
         41, ge=1, le=400, description="orientations across each frame (frame rocking mode)"
     )
     rocking_step: float = Field(
-        0.05, gt=0, le=1, description="rotation step of the integrated rocking curves [deg]"
+        0.025,
+        gt=0,
+        le=1,
+        description=(
+            "rotation step of the integrated rocking curves [deg]; a rocking curve is about "
+            "1/t wide in |s_g|, so thick crystals and high-angle reflections need fine steps"
+        ),
     )
     rocking_window: float = Field(
         0.015, gt=0, le=0.1, description="|s_g| range integrated around each Bragg crossing [Å⁻¹]"

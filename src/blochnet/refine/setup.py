@@ -7,7 +7,13 @@ What the user set in the configuration is kept; the rest is chosen here and repo
 * a convergence check of the beam set (g_max, sg_max) and of the rocking sampling
   (rotation step or tilts per frame) on a subset of frames: the intensities at the chosen
   settings are compared with those of a finer calculation, and the finer settings are
-  taken when the two differ by more than ``TOLERANCE`` (weighted rms, frame scales refitted).
+  taken (and checked in turn, up to ``MAX_REFINEMENTS`` times) when the two differ by more
+  than ``TOLERANCE`` (weighted rms, frame scales refitted). The intensities compared are
+  means over thicknesses ``SPREAD`` × the starting thickness: the range a thickness
+  distribution started there reaches in a refinement (its default width bound is half the
+  start, and its samples reach ±2.2 widths). Thick samples set the sampling a rocking
+  curve needs (its width in |s_g| is about 1/t), so a check at the starting thickness
+  alone can pass a rotation step that aliases the rocking curves of the thicker parts.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from blochnet.experiment.rocking import resolve_rocking
 SCAN = np.arange(200.0, 2001.0, 100.0)  # [Å]
 TOLERANCE = 0.02  # largest accepted weighted rms change of the intensities
 CHECK_FRAMES = 12  # frames used by the convergence check
+SPREAD = np.linspace(0.5, 2.0, 7)  # thicknesses of the check, × the starting thickness
+MAX_REFINEMENTS = 2  # successive refinements of one setting
 
 
 @dataclasses.dataclass
@@ -70,13 +78,21 @@ def choose_settings(
 
     first = datasets[0]
     thickness = start(0, first)
-    for name, finer in list(_refinements(simulation, first, fixed)):
-        change = _change(crystal, first, simulation, finer, thickness, dtype, device)
-        if change > TOLERANCE:
+    for refine in _refinements(simulation, first, fixed):
+        for n in range(MAX_REFINEMENTS + 1):
+            name, finer = refine(simulation)
+            change = _change(crystal, first, simulation, finer, thickness, dtype, device)
+            if change <= TOLERANCE:
+                lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
+                break
+            if n == MAX_REFINEMENTS:
+                lines.append(
+                    f"{name}: {change:.1%} change against a finer calculation; kept after "
+                    f"{n} refinements (set it in the configuration to go further)"
+                )
+                break
             lines.append(f"{name}: {change:.1%} change against a finer calculation; refined")
             simulation = finer
-        else:
-            lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
     starts = [thickness] + [start(n, ds) for n, ds in enumerate(datasets[1:], 1)]
     if scanned is not None and t0 is None:
         lines.insert(0, "starting thickness " + ", ".join(f"{t:.0f} Å" for t in starts)
@@ -92,37 +108,44 @@ def scan_thickness(crystal, dataset, simulation, dtype=torch.float64, device=Non
 
 
 def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]):
-    """(description, finer settings) pairs for the settings the user did not fix."""
+    """One function per setting the user did not fix: settings → (description, finer)."""
     if not {"g_max", "sg_max"} & fixed:
-        finer = simulation.model_copy(
-            update={"g_max": simulation.g_max + 0.4, "sg_max": simulation.sg_max * 1.5}
-        )
-        yield (
-            f"beams |g| ≤ {simulation.g_max:g} Å⁻¹, |s_g| ≤ {simulation.sg_max:g} Å⁻¹",
-            finer,
-        )
+
+        def beams(sim: SimulationConfig):
+            return (
+                f"beams |g| ≤ {sim.g_max:g} Å⁻¹, |s_g| ≤ {sim.sg_max:g} Å⁻¹",
+                sim.model_copy(update={"g_max": sim.g_max + 0.4, "sg_max": sim.sg_max * 1.5}),
+            )
+
+        yield beams
     integrated = resolve_rocking(simulation, dataset) == "integrated"
     if integrated and "rocking_step" not in fixed:
-        step = simulation.rocking_step
-        yield (
-            f"rocking step {step:g}°",
-            simulation.model_copy(update={"rocking_step": step / 2}),
+        yield lambda sim: (
+            f"rocking step {sim.rocking_step:g}°",
+            sim.model_copy(update={"rocking_step": sim.rocking_step / 2}),
         )
     elif not integrated and "n_tilts" not in fixed:
-        n = simulation.n_tilts
-        yield (f"{n} tilts per frame", simulation.model_copy(update={"n_tilts": 2 * n}))
+        yield lambda sim: (
+            f"{sim.n_tilts} tilts per frame",
+            sim.model_copy(update={"n_tilts": 2 * sim.n_tilts}),
+        )
 
 
 def _change(crystal, dataset, coarse, fine, thickness, dtype, device) -> float:
-    """Weighted rms relative change of the scaled intensities of a subset of frames."""
+    """Weighted rms relative change of the scaled intensities of a subset of frames, each
+    the mean over thicknesses ``SPREAD`` × ``thickness``."""
     subset = _frame_subset(dataset, CHECK_FRAMES)
     crystal = structure_in_data_cell(crystal, subset)
     values = []
     for config in (coarse, fine):
         sim = FrameSimulator(crystal, subset, config, dtype=dtype, device=device)
-        t = torch.full((subset.n_frames, 1), thickness, dtype=dtype, device=sim.model.device)
+        t = torch.as_tensor(thickness * SPREAD, dtype=dtype, device=sim.model.device)
+        t = t.expand(subset.n_frames, -1)
         with torch.no_grad():
-            values.append((sim.used_rows, sim.intensities(sim.model.atom_tensors(), t)[:, 0]))
+            ic = sim.intensities(
+                sim.model.atom_tensors(), t, weights=torch.full_like(t, 1 / len(SPREAD))
+            )
+            values.append((sim.used_rows, ic))
     rows = np.intersect1d(values[0][0], values[1][0])
     if len(rows) == 0:
         return 0.0
