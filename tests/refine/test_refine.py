@@ -1,6 +1,7 @@
 """Refinement on small synthetic data: recovery, resume, NaN safety, outputs, configuration."""
 
 import copy
+import csv
 import json
 
 import numpy as np
@@ -156,6 +157,23 @@ def test_report_holds_the_documented_fields(synthetic, tmp_path):
     assert {"thickness_mean", "thickness_width", "thickness_flatness", "scale"} <= set(frame)
     assert (tmp_path / "refined.cif").read_text().startswith("data_")
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+    # every compared observation in observations.csv; the report lists the worst ones
+    with open(tmp_path / "observations.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == report["n_reflections"]
+    assert sum(int(r["observed"]) for r in rows) == report["n_obs"]
+    i_obs, i_calc, sigma = (
+        np.array([float(r[c]) for r in rows]) for c in ("i_obs", "i_calc", "sigma")
+    )
+    worst = report["most_disagreeable"]
+    assert len(worst) == min(20, len(rows))
+    ratios = [abs(w["delta_over_sigma"]) for w in worst]
+    assert ratios == sorted(ratios, reverse=True)
+    assert ratios[0] == pytest.approx(np.max(np.abs(i_obs - i_calc) / sigma), rel=1e-5)
+    top = worst[0]
+    match = [r for r in rows if int(r["frame"]) == top["frame"]
+             and [int(r[c]) for c in "hkl"] == top["hkl"]]  # fmt: skip
+    assert len(match) == 1 and float(match[0]["i_obs"]) == pytest.approx(top["i_obs"], rel=1e-5)
 
 
 def test_the_package_is_callable_as_the_refinement_function(synthetic, tmp_path):

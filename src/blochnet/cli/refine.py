@@ -15,7 +15,8 @@ corrections and a thickness model per data set (default: the neural thickness di
 are fitted together by Adam through the Bloch-wave simulation, minimising weighted least
 squares on intensities with the frame scales in closed form. Outputs in --out:
 config.json (the resolved configuration), checkpoint.pt (every few epochs; --resume
-continues from it), report.json and refined.cif. --config FILE.toml sets anything of the
+continues from it), report.json, refined.cif and observations.csv (every compared
+observation with Io, σ and the scaled Ic). --config FILE.toml sets anything of the
 configuration (unknown keys are refused); --example quartz refines the bundled quartz data.
 """
 
@@ -96,11 +97,18 @@ def refine(
             f"\nabsolute structure {hand['space_group'] or '?'}{which}; inverted, the refined "
             f"model gives R1(obs) {100 * inverse:.2f} % frame mean"
         )
+    worst = r["most_disagreeable"][:5]
+    listed = "; ".join(
+        f"{' '.join(map(str, w['hkl']))} (frame {w['frame']}) {w['delta_over_sigma']:+.0f}σ"
+        for w in worst
+        if w["delta_over_sigma"] is not None
+    )
     Console().print(
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
-        f"wrote {out}/report.json, {out}/refined.cif"
+        + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
+        + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv"
     )
 
 

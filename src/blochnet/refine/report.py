@@ -1,8 +1,10 @@
-"""Outputs of a refinement: ``report.json`` and ``refined.cif``."""
+"""Outputs of a refinement: ``report.json``, ``refined.cif`` and ``observations.csv``."""
 
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -54,7 +56,9 @@ def write_report(
     su: dict | None = None,
     absolute_structure: dict | None = None,
 ) -> dict:
-    """Write ``report.json`` and ``refined.cif`` to ``out``; return the report.
+    """Write ``report.json``, ``refined.cif`` and ``observations.csv`` (every compared
+    observation with its calculated intensity, as SHELXL's .fcf) to ``out``; return the
+    report, which lists the most disagreeable observations.
 
     ``absolute_structure``: the record of the hand refined (see
     :mod:`blochnet.refine.absolute`), with ``inverse_of_refined`` (the R values of the
@@ -90,6 +94,7 @@ def write_report(
                     "n_obs": int(fm.per_frame["n_obs"][f]),
                 }
             )
+    table = _observation_table(model.objectives)
     report = {
         "r_obs": merit.r1_obs,
         "r_all": merit.r1_all,
@@ -112,6 +117,7 @@ def write_report(
         },
         "absolute_structure": absolute_structure,
         "frames": frames,
+        "most_disagreeable": _most_disagreeable(table, MOST_DISAGREEABLE),
         "epochs": len(history),
         "history": [asdict(h) for h in history],
         "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
@@ -120,6 +126,7 @@ def write_report(
         "config": json.loads(config.model_dump_json()),
     }
     report = json.loads(json.dumps(report, default=_finite))
+    write_text_atomically(out / "observations.csv", _csv(table))
     write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_structure(crystal, out / "refined.cif", refinement={
         "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
@@ -130,6 +137,65 @@ def write_report(
         "abs_structure_details": _absolute_text(absolute_structure, merit),
     })  # fmt: skip
     return report
+
+
+MOST_DISAGREEABLE = 20  # observations listed in the report
+_COLUMNS = ("dataset", "frame", "h", "k", "l", "i_obs", "sigma", "i_calc", "observed", "fit")
+
+
+def _observation_table(objectives) -> dict[str, np.ndarray]:
+    """Every compared observation of every data set: source, frame id, hkl, Io, σ(Io),
+    scaled Ic, observed (Io > 3σ) and whether it is in the fit set (else held out)."""
+    parts = []
+    for objective in objectives:
+        scored = objective.scored("all", last=True)
+        sim = objective.simulator
+        ds = sim.dataset
+        i_obs, sigma = (scored[k].detach().cpu().numpy() for k in ("i_obs", "sigma"))
+        n = len(i_obs)
+        hkl = ds.reflections.hkl[sim.used_rows]
+        parts.append({
+            "dataset": np.full(n, str(ds.source or "data set"), dtype=object),
+            "frame": ds.frames.id[scored["frame"].cpu().numpy()],
+            "h": hkl[:, 0], "k": hkl[:, 1], "l": hkl[:, 2],
+            "i_obs": i_obs, "sigma": sigma,
+            "i_calc": scored["i_calc"].detach().cpu().numpy(),
+            "observed": i_obs > 3 * sigma,
+            "fit": objective.fit.cpu().numpy(),
+        })  # fmt: skip
+    return {key: np.concatenate([p[key] for p in parts]) for key in _COLUMNS}
+
+
+def _most_disagreeable(table: dict[str, np.ndarray], n: int) -> list[dict]:
+    """The ``n`` observations of largest |Io − Ic|/σ(Io), largest first."""
+    ratio = (table["i_obs"] - table["i_calc"]) / table["sigma"]
+    order = np.argsort(-np.abs(np.nan_to_num(ratio, nan=np.inf)), kind="stable")[:n]
+    return [
+        {
+            "dataset": str(table["dataset"][i]),
+            "frame": int(table["frame"][i]),
+            "hkl": [int(table[c][i]) for c in "hkl"],
+            "i_obs": float(table["i_obs"][i]),
+            "i_calc": float(table["i_calc"][i]),
+            "sigma": float(table["sigma"][i]),
+            "delta_over_sigma": _finite(ratio[i]),
+        }
+        for i in order
+    ]
+
+
+def _csv(table: dict[str, np.ndarray]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for i in range(len(table["i_obs"])):
+        writer.writerow([
+            table["dataset"][i], int(table["frame"][i]),
+            *(int(table[c][i]) for c in "hkl"),
+            *(f"{table[c][i]:.6g}" for c in ("i_obs", "sigma", "i_calc")),
+            int(table["observed"][i]), int(table["fit"][i]),
+        ])  # fmt: skip
+    return buffer.getvalue()
 
 
 def _absolute_text(record: dict | None, merit) -> str | None:

@@ -248,12 +248,12 @@ def refine(
     """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
 
     Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
-    ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json`` and
-    ``refined.cif``, each atomically. With ``config.auto_setup``, settings the
-    configuration leaves open are first chosen from the data (:mod:`blochnet.refine.setup`;
-    each choice is passed to ``setup_report``) and saved in ``config.json``; the stages
-    after the epochs (the s.u.) are announced through ``stage_report``. A
-    non-centrosymmetric structure is first checked against its inverse
+    ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json``,
+    ``refined.cif`` and ``observations.csv``, each atomically. With ``config.auto_setup``,
+    settings the configuration leaves open are first chosen from the data
+    (:mod:`blochnet.refine.setup`; each choice is passed to ``setup_report``) and saved in
+    ``config.json``; the stages after the epochs (the s.u.) are announced through
+    ``stage_report``. A non-centrosymmetric structure is first checked against its inverse
     (``config.absolute_structure``, :mod:`blochnet.refine.absolute`; the choice also goes
     to ``setup_report``), and the refined model is scored inverted at the end. Adam runs
     first (every group, networks included), then ``config.lm_iterations``
