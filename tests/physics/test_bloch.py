@@ -185,3 +185,10 @@ def test_padded_batch_matches_separate_orientations():
 def test_grouping_keeps_similar_sizes_together():
     groups = group_by_size([100, 50, 104, 52, 300], tolerance=0.1)
     assert sorted(map(sorted, groups)) == [[0, 2], [1, 3], [4]]
+    # a memory bound splits a group: at most max_elements padded matrix elements each
+    bounded = group_by_size([100] * 5 + [104] * 3, tolerance=0.1, max_elements=3 * 104**2)
+    assert sorted(map(len, bounded)) == [2, 3, 3]
+    sizes = [100] * 5 + [104] * 3
+    assert all(len(g) * max(sizes[i] for i in g) ** 2 <= 3 * 104**2 for g in bounded)
+    assert sorted(i for g in bounded for i in g) == list(range(8))
+    assert group_by_size([500], max_elements=1) == [[0]]  # one orientation at least

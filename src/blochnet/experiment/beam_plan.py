@@ -25,6 +25,10 @@ from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 
+# one batch's padded matrices hold at most this many elements (complex128: 512 MiB), so
+# that building and solving many large beam sets does not exhaust memory at once
+MAX_BATCH_ELEMENTS = 2**25
+
 
 @dataclass
 class Orientation:
@@ -154,9 +158,11 @@ def integrated_orientations(
 def build_groups(
     orientations: list[Orientation], *, dtype: torch.dtype, device
 ) -> list[OrientationGroup]:
-    """Orientations batched by beam count (within 10 %), as tensors on ``device``."""
+    """Orientations batched by beam count (within 10 %, at most ``MAX_BATCH_ELEMENTS``
+    matrix elements per batch), as tensors on ``device``."""
     groups = []
-    for members in group_by_size([len(o.beams) for o in orientations], tolerance=0.1):
+    sizes = [len(o.beams) for o in orientations]
+    for members in group_by_size(sizes, tolerance=0.1, max_elements=MAX_BATCH_ELEMENTS):
         chosen = [orientations[i] for i in members]
         batch = BeamBatch.from_lists([o.beams for o in chosen], device=device)
         orient = np.concatenate([np.full(len(o.rows), n) for n, o in enumerate(chosen)])

@@ -145,15 +145,22 @@ def _padding_values(diag: Tensor, mask: Tensor) -> Tensor:
     return (10 * top + steps * top).expand_as(diag)
 
 
-def group_by_size(sizes: list[int], *, tolerance: float = 0.15) -> list[list[int]]:
+def group_by_size(
+    sizes: list[int], *, tolerance: float = 0.15, max_elements: int | None = None
+) -> list[list[int]]:
     """Group orientation indices whose beam counts differ by at most ``tolerance`` (relative).
 
+    ``max_elements``: a group also ends before its padded matrices (orient × beam²) would
+    hold more elements, which bounds the memory of one batch (at least one orientation).
     Returns lists of indices, each to be solved as one padded batch.
     """
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
     groups: list[list[int]] = []
     for i in order:
-        if groups and sizes[i] <= sizes[groups[-1][0]] * (1 + tolerance):
+        fits = groups and sizes[i] <= sizes[groups[-1][0]] * (1 + tolerance)
+        if fits and max_elements is not None:
+            fits = (len(groups[-1]) + 1) * sizes[i] ** 2 <= max_elements
+        if fits:
             groups[-1].append(i)
         else:
             groups.append([i])

@@ -7,13 +7,16 @@ What the user set in the configuration is kept; the rest is chosen here and repo
 * a convergence check of the beam set (g_max, sg_max) and of the rocking sampling
   (rotation step or tilts per frame) on a subset of frames: the intensities at the chosen
   settings are compared with those of a finer calculation, and the finer settings are
-  taken (and checked in turn, up to ``MAX_REFINEMENTS`` times) when the two differ by more
-  than ``TOLERANCE`` (weighted rms, frame scales refitted). The intensities compared are
-  means over thicknesses ``SPREAD`` × the starting thickness: the range a thickness
-  distribution started there reaches in a refinement (its default width bound is half the
-  start, and its samples reach ±2.2 widths). Thick samples set the sampling a rocking
-  curve needs (its width in |s_g| is about 1/t), so a check at the starting thickness
-  alone can pass a rotation step that aliases the rocking curves of the thicker parts.
+  taken when the two differ by more than ``TOLERANCE`` (weighted rms, frame scales
+  refitted). The intensities compared are means over thicknesses ``SPREAD`` × the
+  starting thickness: the range a thickness distribution started there reaches in a
+  refinement (its default width bound is half the start, and its samples reach ±2.2
+  widths). Thick samples set the sampling a rocking curve needs (its width in |s_g| is
+  about 1/t), so a check at the starting thickness alone can pass a rotation step that
+  aliases the rocking curves of the thicker parts. Each failed check takes the finer
+  settings; a refined sampling is checked in turn (up to ``SAMPLING_CHECKS`` checks; its
+  cost grows linearly), a refined beam set is not (the check's time grows with the cube
+  of the beam count): the set-up says so, and finer ones can be set in the configuration.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ SCAN = np.arange(200.0, 2001.0, 100.0)  # [Å]
 TOLERANCE = 0.02  # largest accepted weighted rms change of the intensities
 CHECK_FRAMES = 12  # frames used by the convergence check
 SPREAD = np.linspace(0.5, 2.0, 7)  # thicknesses of the check, × the starting thickness
-MAX_REFINEMENTS = 2  # successive refinements of one setting
+SAMPLING_CHECKS = 3  # successive checks of the rocking sampling (one of the beam set)
 
 
 @dataclasses.dataclass
@@ -78,20 +81,15 @@ def choose_settings(
 
     first = datasets[0]
     thickness = start(0, first)
-    for refine in _refinements(simulation, first, fixed):
-        for n in range(MAX_REFINEMENTS + 1):
+    for refine, checks in _refinements(simulation, first, fixed):
+        for n in range(checks):
             name, finer = refine(simulation)
             change = _change(crystal, first, simulation, finer, thickness, dtype, device)
             if change <= TOLERANCE:
                 lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
                 break
-            if n == MAX_REFINEMENTS:
-                lines.append(
-                    f"{name}: {change:.1%} change against a finer calculation; kept after "
-                    f"{n} refinements (set it in the configuration to go further)"
-                )
-                break
-            lines.append(f"{name}: {change:.1%} change against a finer calculation; refined")
+            last = "" if n + 1 < checks else " (not checked further; finer ones can be set)"
+            lines.append(f"{name}: {change:.1%} change against a finer calculation; refined{last}")
             simulation = finer
     starts = [thickness] + [start(n, ds) for n, ds in enumerate(datasets[1:], 1)]
     if scanned is not None and t0 is None:
@@ -108,7 +106,8 @@ def scan_thickness(crystal, dataset, simulation, dtype=torch.float64, device=Non
 
 
 def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]):
-    """One function per setting the user did not fix: settings → (description, finer)."""
+    """(function, number of checks) per setting the user did not fix; the function maps
+    settings to (description, finer settings)."""
     if not {"g_max", "sg_max"} & fixed:
 
         def beams(sim: SimulationConfig):
@@ -117,17 +116,23 @@ def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]
                 sim.model_copy(update={"g_max": sim.g_max + 0.4, "sg_max": sim.sg_max * 1.5}),
             )
 
-        yield beams
+        yield beams, 1
     integrated = resolve_rocking(simulation, dataset) == "integrated"
     if integrated and "rocking_step" not in fixed:
-        yield lambda sim: (
-            f"rocking step {sim.rocking_step:g}°",
-            sim.model_copy(update={"rocking_step": sim.rocking_step / 2}),
+        yield (
+            lambda sim: (
+                f"rocking step {sim.rocking_step:g}°",
+                sim.model_copy(update={"rocking_step": sim.rocking_step / 2}),
+            ),
+            SAMPLING_CHECKS,
         )
     elif not integrated and "n_tilts" not in fixed:
-        yield lambda sim: (
-            f"{sim.n_tilts} tilts per frame",
-            sim.model_copy(update={"n_tilts": 2 * sim.n_tilts}),
+        yield (
+            lambda sim: (
+                f"{sim.n_tilts} tilts per frame",
+                sim.model_copy(update={"n_tilts": 2 * sim.n_tilts}),
+            ),
+            SAMPLING_CHECKS,
         )
 
 
