@@ -20,7 +20,7 @@ from torch import Tensor
 from blochnet.crystal import Cell
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.rocking import RockingWindows, grid_directions, grid_frames
+from blochnet.experiment.rocking import RockingWindows, grid_directions
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
@@ -129,8 +129,7 @@ def integrated_orientations(
     semi = dataset.frames.semi_angle[frame_of_used]
     pair_weight = (config.rocking_step / (2 * semi))[pair_row]
     grid, inverse = np.unique(pair_grid, return_inverse=True)
-    directions, _ = grid_directions(dataset, grid, config.rocking_step)
-    where = grid_frames(dataset, grid, config.rocking_step)
+    directions, where = grid_directions(dataset, grid, config.rocking_step)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(grid) + 1))
     out = []

@@ -118,13 +118,11 @@ class GridFrames:
     """The frames on either side of rotation-grid points (...): a point at φ between the
     angles α of frames ``lower`` and ``upper`` takes (1 − ``blend``) of ``lower``'s per-frame
     quantities and ``blend`` of ``upper``'s, with blend = (φ − α_lower)/(α_upper − α_lower);
-    beyond the first or last frame both are that frame (blend 0). ``owner`` is the frame of
-    nearest angle."""
+    at or beyond the first or last frame both are that frame (blend 0)."""
 
     lower: np.ndarray
     upper: np.ndarray
     blend: np.ndarray
-    owner: np.ndarray
 
 
 def grid_frames(dataset: Dataset, grid: np.ndarray, step: float) -> GridFrames:
@@ -133,31 +131,30 @@ def grid_frames(dataset: Dataset, grid: np.ndarray, step: float) -> GridFrames:
     phi = np.asarray(grid) * step
     if len(alpha) == 1:
         zero = np.zeros(np.shape(grid), dtype=np.int64)
-        return GridFrames(zero, zero, np.zeros(np.shape(grid)), zero)
+        return GridFrames(zero, zero, np.zeros(np.shape(grid)))
     order = np.argsort(alpha, kind="stable")
     pos = np.clip(np.searchsorted(alpha[order], phi, side="right"), 1, len(order) - 1)
     lower, upper = order[pos - 1], order[pos]
     span = alpha[upper] - alpha[lower]
     blend = np.clip((phi - alpha[lower]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
     blend = np.where(span > 0, blend, 0.0)
-    before, after = phi < alpha[order[0]], phi > alpha[order[-1]]
+    before, after = phi < alpha[order[0]], phi >= alpha[order[-1]]
     lower = np.where(after, upper, lower)
     upper = np.where(before, lower, upper)
     blend = np.where(before | after, 0.0, blend)
-    owner = np.where(blend > 0.5, upper, lower)
-    return GridFrames(lower, upper, blend, owner)
+    return GridFrames(lower, upper, blend)
 
 
 def grid_directions(
     dataset: Dataset, grid: np.ndarray, step: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Beam directions (..., 3) at rotation-grid indices ``grid`` (...) and owning frames (...).
+) -> tuple[np.ndarray, GridFrames]:
+    """Beam directions (..., 3) at rotation-grid indices ``grid`` (...) and the frames on
+    either side of each (:func:`grid_frames`).
 
     A grid point φ = index·``step`` [deg] between the angles of two frames takes each
     frame's orientation turned by φ − α about its goniometer axis and blends the two
     linearly (:func:`grid_frames`), so the orientation is continuous along the scan even
-    where the frames' own orientations were refined separately; it belongs to the frame of
-    nearest angle.
+    where the frames' own orientations were refined separately.
     """
     where = grid_frames(dataset, grid, step)
     phi = np.radians(np.asarray(grid) * step)
@@ -166,4 +163,4 @@ def grid_directions(
     low = turned_beam(d[where.lower], a[where.lower], phi - alpha[where.lower])
     high = turned_beam(d[where.upper], a[where.upper], phi - alpha[where.upper])
     mixed = (1 - where.blend)[..., None] * low + where.blend[..., None] * high
-    return mixed / np.linalg.norm(mixed, axis=-1, keepdims=True), where.owner
+    return mixed / np.linalg.norm(mixed, axis=-1, keepdims=True), where
