@@ -170,7 +170,7 @@ class FrameSimulator:
                 + [
                     np.stack([o.rows, np.full(len(o.rows), o.neighbour)], 1)
                     for o in orientations
-                    if o.neighbour >= 0 and o.blend > 0
+                    if o.blend > 0
                 ]
                 + [np.stack([np.arange(self.n_used), self.frame_of_used], 1)]
             ),

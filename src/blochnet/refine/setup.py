@@ -81,10 +81,11 @@ def choose_settings(
 
     first = datasets[0]
     thickness = start(0, first)
+    cache: dict = {}  # the check's intensities per settings, reused by the next check
     for refine, checks in _refinements(simulation, first, fixed):
         for n in range(checks):
             name, finer = refine(simulation)
-            change = _change(crystal, first, simulation, finer, thickness, dtype, device)
+            change = _change(crystal, first, simulation, finer, thickness, dtype, device, cache)
             if change <= TOLERANCE:
                 lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
                 break
@@ -136,21 +137,27 @@ def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]
         )
 
 
-def _change(crystal, dataset, coarse, fine, thickness, dtype, device) -> float:
+def _change(crystal, dataset, coarse, fine, thickness, dtype, device, cache=None) -> float:
     """Weighted rms relative change of the scaled intensities of a subset of frames, each
-    the mean over thicknesses ``SPREAD`` × ``thickness``."""
+    the mean over thicknesses ``SPREAD`` × ``thickness``. ``cache`` (settings → intensities)
+    keeps each calculation for the next check: one check's finer settings are the next
+    one's coarse settings."""
     subset = _frame_subset(dataset, CHECK_FRAMES)
     crystal = structure_in_data_cell(crystal, subset)
+    cache = {} if cache is None else cache
     values = []
     for config in (coarse, fine):
-        sim = FrameSimulator(crystal, subset, config, dtype=dtype, device=device)
-        t = torch.as_tensor(thickness * SPREAD, dtype=dtype, device=sim.model.device)
-        t = t.expand(subset.n_frames, -1)
-        with torch.no_grad():
-            ic = sim.intensities(
-                sim.model.atom_tensors(), t, weights=torch.full_like(t, 1 / len(SPREAD))
-            )
-            values.append((sim.used_rows, ic))
+        key = config.model_dump_json()
+        if key not in cache:
+            sim = FrameSimulator(crystal, subset, config, dtype=dtype, device=device)
+            t = torch.as_tensor(thickness * SPREAD, dtype=dtype, device=sim.model.device)
+            t = t.expand(subset.n_frames, -1)
+            with torch.no_grad():
+                ic = sim.intensities(
+                    sim.model.atom_tensors(), t, weights=torch.full_like(t, 1 / len(SPREAD))
+                )
+            cache[key] = (sim.used_rows, ic)
+        values.append(cache[key])
     rows = np.intersect1d(values[0][0], values[1][0])
     if len(rows) == 0:
         return 0.0
