@@ -85,6 +85,7 @@ class Atom:
     uiso: float = 0.0  # Uiso, or Ueq for anisotropic atoms [Å^2]
     uij: np.ndarray | None = None  # (6,) U11 U22 U33 U12 U13 U23 [Å^2], or None
     su: dict[str, float] = field(default_factory=dict)
+    charge: float = 0.0  # partial charge for scattering [e], positive for a cation
 
     @property
     def is_anisotropic(self) -> bool:

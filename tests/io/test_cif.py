@@ -295,6 +295,20 @@ def test_missing_uiso_without_aniso_row_names_the_atom_and_field(tmp_path):
         read_structure(_write(tmp_path, text))
 
 
+def test_partial_charges_are_read_with_their_su_and_bad_rows_are_named(tmp_path):
+    loop = "\nloop_\n_blochnet_atom_site_label\n_blochnet_atom_site_charge\n"
+    crystal = read_structure(_write(tmp_path, QUARTZ.read_text() + loop + "Si1 0.62(5)\n"))
+    assert crystal.atom("Si1").charge == pytest.approx(0.62)
+    assert crystal.atom("Si1").su["charge"] == pytest.approx(0.05)
+    assert crystal.atom("O1").charge == 0.0  # not listed: neutral
+    bad = _write(tmp_path, QUARTZ.read_text() + loop + "Si9 0.5\n", "bad.cif")
+    with pytest.raises(InputFileError, match=r"bad.cif.*_blochnet_atom_site_label.*'Si9'"):
+        read_structure(bad)
+    bad = _write(tmp_path, QUARTZ.read_text() + loop + "Si1 plus\n", "bad2.cif")
+    with pytest.raises(InputFileError, match=r"atom Si1: _blochnet_atom_site_charge"):
+        read_structure(bad)
+
+
 def test_b_values_are_converted_to_u(tmp_path):
     text = QUARTZ.read_text().replace("_atom_site_U_iso_or_equiv", "_atom_site_B_iso_or_equiv")
     text = text.replace("_atom_site_aniso_U_", "_atom_site_aniso_B_")

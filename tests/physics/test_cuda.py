@@ -16,7 +16,8 @@ def _run(device, dtype, solver="eigh", absorption=0.0):
     crystal = read_structure(example_path("quartz"))
     model = CrystalModel(crystal, voltage=200e3, dtype=dtype, device=device)
     free = model.free_parameters()
-    for tensor in (free.xyz, free.adp, free.occupancy):
+    free.charge = torch.tensor([0.6, -0.3], dtype=dtype, device=device)  # partial charges
+    for tensor in (free.xyz, free.adp, free.occupancy, free.charge):
         tensor.requires_grad_()
     thickness = torch.tensor([150.0, 600.0], dtype=dtype, device=device, requires_grad=True)
     pattern = simulate_pattern(
@@ -33,7 +34,7 @@ def _run(device, dtype, solver="eigh", absorption=0.0):
     )
     weights = torch.linspace(0.5, 1.5, pattern.intensities.numel(), dtype=dtype, device=device)
     (pattern.intensities.reshape(-1) * weights).sum().backward()
-    grads = [t.grad.cpu().double().numpy() for t in (free.xyz, free.adp, thickness)]
+    grads = [t.grad.cpu().double().numpy() for t in (free.xyz, free.adp, free.charge, thickness)]
     return pattern.intensities.detach().cpu().double().numpy(), grads
 
 

@@ -14,8 +14,10 @@ import torch
 from blochnet.errors import ConfigurationError
 from blochnet.physics.scattering import (
     TABLES,
+    charge_scattering_factors,
     electron_scattering_factors,
     scattering_parameters,
+    valence_shell,
 )
 
 BOHR = 0.529177210903  # a0 [Å]
@@ -214,3 +216,57 @@ def test_unknown_table_raises_configuration_error_listing_the_tables():
         electron_scattering_factors(["C"], torch.ones(2), table="kirkland")
     with pytest.raises(ConfigurationError, match="valid tables"):
         scattering_parameters(["C"], "Lobato")
+
+
+# --- partial charges ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("element", "z_eff", "n_eff"),
+    # Slater's rules by hand: Z − S for the outermost s/p electron, and n*
+    [("H", 1.0, 1.0), ("C", 3.25, 2.0), ("O", 4.55, 2.0), ("Si", 4.15, 3.0),
+     ("Fe", 3.75, 3.7), ("Br", 7.6, 3.7), ("Pb", 5.65, 4.2)],
+)  # fmt: skip
+def test_valence_shell_follows_slaters_rules(element, z_eff, n_eff):
+    n, zeta = valence_shell(element)
+    assert n == n_eff
+    assert zeta == pytest.approx(z_eff / (n_eff * BOHR), rel=1e-12)
+
+
+def test_a_hydrogen_atom_of_charge_plus_one_scatters_as_a_bare_proton():
+    # H⁺ has no electron: f_e = 1/(2π² a0 g²) exactly (Mott–Bethe with f_x = 0); its 1s
+    # shell is exactly Slater's (ζ = 1/a0), so f_e(H) + Δf_e(H) must give the bare
+    # Coulomb factor to the accuracy of the tabulated neutral atom.
+    g = np.linspace(0.2, 4.0, 40)
+    proton = _f(["H"], g)[0] + charge_scattering_factors(["H"], torch.as_tensor(g)).numpy()[0]
+    np.testing.assert_allclose(proton * g**2, MOTT_BETHE, rtol=1e-7)
+
+
+@pytest.mark.parametrize("element", ["O", "Si", "Br", "Pb"])
+def test_charge_factor_is_the_mott_bethe_transform_of_the_slater_shell(element):
+    # independent route: the shell's X-ray form factor by quadrature of its density
+    from scipy.integrate import quad
+
+    n, zeta = valence_shell(element)
+    g = np.array([0.1, 0.4, 0.9, 1.6, 3.0])
+    got = charge_scattering_factors([element], torch.as_tensor(g)).numpy()[0]
+    radial = lambda r, q: r ** (2 * n) * np.exp(-2 * zeta * r) * np.sinc(q * r / np.pi)  # noqa: E731
+    norm = quad(radial, 0, np.inf, args=(0.0,))[0]
+    for gi, value in zip(g, got, strict=True):
+        q = 2 * np.pi * gi
+        phi = quad(radial, 0, 60 / zeta, args=(q,), limit=400)[0] / norm
+        assert value == pytest.approx(MOTT_BETHE * phi / gi**2, rel=1e-7, abs=1e-10)
+
+
+def test_charge_factor_at_g_zero_is_the_finite_rest_of_the_coulomb_term():
+    g = torch.tensor([0.0, 1e-3, 2e-3], dtype=torch.float64)
+    d = charge_scattering_factors(["O", "Si"], g).numpy()
+    rest = d[:, 1:] - MOTT_BETHE / g[1:].numpy() ** 2  # → the g = 0 value, quadratically
+    extrapolated = (4 * rest[:, 0] - rest[:, 1]) / 3
+    np.testing.assert_allclose(d[:, 0], extrapolated, rtol=1e-5)
+    assert np.all(d[:, 0] < 0)  # a cation has less screening charge: lower f_e(0) rest
+
+
+def test_charge_factor_gradient_passes_gradcheck():
+    g = torch.tensor([0.0, 0.3, 1.1, 2.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: charge_scattering_factors(["O", "Pb"], x), (g,))

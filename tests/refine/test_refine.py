@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import blochnet
 from blochnet.cli.main import app
+from blochnet.errors import ConfigurationError
 from blochnet.examples import example_path
 from blochnet.experiment.merit import optimal_scales
 from blochnet.experiment.synthetic import (
@@ -21,6 +22,7 @@ from blochnet.experiment.synthetic import (
     simulate_experiment,
 )
 from blochnet.io.cif import read_structure
+from blochnet.io.cif_write import write_structure
 from blochnet.physics.lattice import direct_matrix
 from blochnet.refine.engine import EpochRecord, RefinementError, _converged, optimise_adam
 from blochnet.refine.gauss_newton import jacobian, levenberg_marquardt
@@ -149,7 +151,7 @@ def test_report_holds_the_documented_fields(synthetic, tmp_path):
         "wall_time_s",
     ):
         assert key in report
-    assert {"label", "xyz", "uiso", "occupancy"} <= set(report["atoms"][0])
+    assert {"label", "xyz", "uiso", "occupancy", "charge", "charge_su"} <= set(report["atoms"][0])
     assert all(x > 0 for x in report["atoms"][1]["xyz_su"])  # O1: refined coordinates
     assert "(" in (tmp_path / "refined.cif").read_text()  # s.u. in parenthesis notation
     assert len(report["frames"]) == dataset.n_frames
@@ -387,6 +389,72 @@ def test_levenberg_marquardt_recovers_the_absorption_of_synthetic_data():
     kappa = float(model.structure.absorption().detach())
     assert abs(kappa - 0.08) < max(3 * su["absorption"], 0.004)
     assert 0 < su["absorption"] < 0.01
+
+
+def _charged(crystal, silicon):
+    charged = copy.deepcopy(crystal)
+    charged.atom("Si1").charge, charged.atom("O1").charge = silicon, -silicon / 2
+    return charged
+
+
+def test_charge_column_matches_finite_differences_and_the_cell_stays_neutral(synthetic):
+    crystal, dataset = synthetic
+    config = _config(refine_charge="all", learning_rates=LearningRates(xyz=0.0, charge=1e-2))
+    model = build_refinement(_charged(crystal, 0.4), [dataset], config)
+    structure = model.structure
+    assert structure.names[-1] == ("Si1", "charge")  # O1 balances the cell
+    assert ("O1", "charge") not in structure.names
+    r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), [structure.charge_shift])
+    numeric = _central_difference(model.objectives[0], structure.charge_shift, 0, step=1e-4)
+    assert numeric.abs().max() > 0
+    np.testing.assert_allclose(
+        jac[:, 0].numpy(), numeric.numpy(), rtol=1e-5, atol=1e-6 * numeric.abs().max().item()
+    )
+    with torch.no_grad():
+        structure.charge_shift.fill_(0.25)
+    charge = structure.atoms().charge.detach()
+    assert charge.tolist() == pytest.approx([0.65, -0.325])  # SiO2: q_O = −q_Si/2
+    occupancy = structure.atoms().occupancy.detach()
+    assert float(structure.model.cell_charge(charge, occupancy)) == pytest.approx(0, abs=1e-12)
+
+
+def test_charges_that_do_not_cancel_or_a_single_refined_charge_are_refused(synthetic):
+    crystal, dataset = synthetic
+    unbalanced = _charged(crystal, 0.4)
+    unbalanced.atom("O1").charge = -0.1
+    with pytest.raises(ConfigurationError, match="charged"):
+        build_refinement(unbalanced, [dataset], _config())
+    with pytest.raises(ConfigurationError, match="at least two atoms"):
+        build_refinement(crystal, [dataset], _config(refine_charge="O1"))
+
+
+def test_levenberg_marquardt_recovers_partial_charges_of_synthetic_data(tmp_path):
+    torch.set_num_threads(1)
+    crystal = read_structure(example_path("quartz"))
+    dataset, _ = simulate_experiment(
+        _charged(crystal, 0.8),
+        generated=GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1),
+        thickness=ConstantThickness(value=500.0),
+        noise=NoiseModel(dose=1e9, background=0.5),
+        config=SIMULATION,
+        seed=6,
+    )
+    config = _config(  # least squares: the data have Poisson noise and no outliers
+        refine_charge="all", robust=0.0, learning_rates=LearningRates(xyz=0, adp=0, charge=1e-2)
+    )
+    model = build_refinement(crystal, [dataset], config)
+    model.structure.charge_shift.requires_grad_(True)
+    levenberg_marquardt(model, iterations=6)
+    su = structure_uncertainties(model, n_parameters=1)
+    charge = model.structure.atoms().charge.detach().numpy()
+    assert 0 < su["charge"][0] < 0.05 and su["charge"][1] == pytest.approx(su["charge"][0] / 2)
+    assert abs(charge[0] - 0.8) < max(3 * su["charge"][0], 0.02)
+    refined = refined_crystal(model.structure, su)
+    path = tmp_path / "charged.cif"
+    write_structure(refined, path)
+    back = read_structure(path)  # the charges and their s.u. travel through refined.cif
+    assert back.atom("Si1").charge == pytest.approx(charge[0], abs=1e-4)
+    assert back.atom("O1").su["charge"] == pytest.approx(su["charge"][1], rel=0.5)  # 1 digit
 
 
 def test_instability_factor_lowers_the_weight_of_strong_observations(synthetic):

@@ -40,6 +40,7 @@ def refine(
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
     from blochnet.io.cif import read_structure
+    from blochnet.io.cif_write import format_su
     from blochnet.io.pets import read_pets
     from blochnet.refine.run import refine as run
     from blochnet.runtime import prepare_compute
@@ -97,6 +98,10 @@ def refine(
             f"\nabsolute structure {hand['space_group'] or '?'}{which}; inverted, the refined "
             f"model gives R1(obs) {100 * inverse:.2f} % frame mean"
         )
+    charged = [a for a in r["atoms"] if a["charge"] or a["charge_su"]]
+    charges = "; ".join(
+        f"{a['label']} {format_su(a['charge'], a['charge_su'] or None, 3)}" for a in charged
+    )
     worst = r["most_disagreeable"][:5]
     listed = "; ".join(
         f"{' '.join(map(str, w['hkl']))} (frame {w['frame']}) {w['delta_over_sigma']:+.0f}σ"
@@ -107,6 +112,7 @@ def refine(
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
+        + (f"partial charges (e): {charges}\n" if charges else "")
         + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
         + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv"
     )

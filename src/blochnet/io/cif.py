@@ -25,6 +25,9 @@ from blochnet.physics.lattice import uij_to_cartesian
 __all__ = ["element_symbol", "parse_number", "read_structure"]
 
 _B_TO_U = 1.0 / (8.0 * np.pi**2)  # U = B / (8 π²)
+# partial charges for scattering (no core CIF item holds a charge per site): a loop of
+# CHARGE_TAG_label and CHARGE_TAG_charge [e], written by blochnet's refinements
+CHARGE_TAG = "_blochnet_atom_site"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?(?:\((\d+)\))?$")
 _SITE_COLUMNS = tuple(
     "fract_x label type_symbol fract_y fract_z occupancy U_iso_or_equiv B_iso_or_equiv "
@@ -194,7 +197,27 @@ def _read_atoms(path: Path, block: cif.Block, cell: Cell) -> list[Atom]:
         seen.add(label)
     for label in aniso.keys() - seen:
         warnings.warn(f"{path}: aniso row {label!r} matches no atom; ignored", stacklevel=3)
+    _read_charges(path, block, atoms)
     return atoms
+
+
+def _read_charges(path: Path, block: cif.Block, atoms: list[Atom]) -> None:
+    """Partial charges from the ``CHARGE_TAG`` loop, where the file has one."""
+    n_rows, columns = _columns(block, f"{CHARGE_TAG}_", "label", ("label", "charge"))
+    if n_rows and "charge" not in columns:
+        raise InputFileError(path, f"{CHARGE_TAG}_charge", "missing column")
+    by_label = {atom.label: atom for atom in atoms}
+    for row in range(n_rows):
+        label = cif.as_string(columns["label"][row])
+        if label not in by_label:
+            raise InputFileError(
+                path, f"{CHARGE_TAG}_label", f"{label!r} matches no atom of _atom_site_label"
+            )
+        where = f"atom {label}: {CHARGE_TAG}_charge"
+        charge, su = _number(path, where, columns["charge"][row])
+        by_label[label].charge = charge
+        if su is not None:
+            by_label[label].su["charge"] = su
 
 
 def _read_atom(path: Path, label: str, value: dict, aniso, cell: Cell) -> Atom:

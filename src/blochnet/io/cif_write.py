@@ -21,6 +21,7 @@ from gemmi import cif
 
 from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, find_space_group
 from blochnet.io.atomic import write_text_atomically
+from blochnet.io.cif import CHARGE_TAG
 from blochnet.physics.symmetry import SiteConstraint, site_constraints
 
 __all__ = ["format_su", "write_structure"]
@@ -180,6 +181,12 @@ def _atom_lines(crystal: Crystal, constraints: list[SiteConstraint]) -> list[str
     if aniso:
         lines += ["", "loop_", "_atom_site_aniso_label"]
         lines += [f"_atom_site_aniso_U_{name[1:]}" for name in UIJ_NAMES] + aniso
+    if any(atom.charge != 0 for atom in crystal.atoms):  # no core CIF item holds a site charge
+        lines += ["", "loop_", f"{CHARGE_TAG}_label", f"{CHARGE_TAG}_charge"]
+        lines += [
+            f"{cif.quote(a.label)} {format_su(a.charge, a.su.get('charge'), 4)}"
+            for a in crystal.atoms
+        ]
     return lines
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from blochnet.crystal import Crystal
 from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.scattering import electron_scattering_factors
+from blochnet.physics.scattering import charge_scattering_factors, electron_scattering_factors
 from blochnet.physics.structure_factors import structure_factors
 from blochnet.physics.symmetry import UnitCellExpansion, block_diagonal, site_constraints
 from blochnet.physics.units import potential_prefactor
@@ -32,11 +32,13 @@ class FreeParameters:
     xyz : Tensor (n_xyz,) free coordinates (fractional), atom after atom.
     adp : Tensor (n_adp,) Uiso of each isotropic atom, the free Uij of each anisotropic one [Å²].
     occupancy : Tensor (atom,).
+    charge : Tensor (atom,) partial charges [e], or None (neutral atoms).
     """
 
     xyz: Tensor
     adp: Tensor
     occupancy: Tensor
+    charge: Tensor | None = None
 
 
 @dataclass
@@ -46,11 +48,15 @@ class AtomTensors:
     xyz : Tensor (atom, 3) fractional coordinates.
     uij : Tensor (atom, 6) CIF U11 U22 U33 U12 U13 U23 [Å²] (isotropic atoms included).
     occupancy : Tensor (atom,).
+    charge : Tensor (atom,) partial charges [e] (positive for a cation), or None for neutral
+        atoms. The cell must be neutral (see
+        :func:`~blochnet.physics.scattering.charge_scattering_factors`).
     """
 
     xyz: Tensor
     uij: Tensor
     occupancy: Tensor
+    charge: Tensor | None = None
 
 
 def isotropic_uij(cell) -> np.ndarray:
@@ -122,24 +128,30 @@ class CrystalModel:
         atoms = self.atom_tensors()
         x = torch.linalg.lstsq(self.xyz_map, (atoms.xyz.reshape(-1) - self.xyz_origin)[:, None])
         u = torch.linalg.lstsq(self.adp_map, atoms.uij.reshape(-1)[:, None])
-        return FreeParameters(x.solution[:, 0], u.solution[:, 0], atoms.occupancy)
+        return FreeParameters(x.solution[:, 0], u.solution[:, 0], atoms.occupancy, atoms.charge)
 
     def atoms_from_free(self, free: FreeParameters) -> AtomTensors:
         """Asymmetric-unit tensors that respect every site symmetry, differentiably."""
         n = len(self.crystal.atoms)
         xyz = (self.xyz_origin + self.xyz_map @ free.xyz).reshape(n, 3)
         uij = (self.adp_map @ free.adp).reshape(n, 6)
-        return AtomTensors(xyz=xyz, uij=uij, occupancy=free.occupancy)
+        return AtomTensors(xyz=xyz, uij=uij, occupancy=free.occupancy, charge=free.charge)
 
     def atom_tensors(self) -> AtomTensors:
         """The crystal's own parameters as tensors (starting values of a refinement)."""
         atoms = self.crystal.atoms
         uij = [a.uij if a.uij is not None else a.uiso * self.iso_uij.cpu().numpy() for a in atoms]
+        charged = any(a.charge != 0 for a in atoms)
         return AtomTensors(
             xyz=self._tensor([a.xyz for a in atoms]),
             uij=self._tensor(uij),
             occupancy=self._tensor([a.occupancy for a in atoms]),
+            charge=self._tensor([a.charge for a in atoms]) if charged else None,
         )
+
+    def cell_charge(self, charge: Tensor, occupancy: Tensor) -> Tensor:
+        """Total charge of the unit cell [e] for per-atom ``charge`` and ``occupancy``."""
+        return (charge * occupancy)[self.expansion.atom_index].sum()
 
     def _tensor(self, values) -> Tensor:
         return torch.as_tensor(
@@ -155,10 +167,14 @@ class CrystalModel:
         g = self.g_vectors(hkl)
         g_norm = torch.linalg.vector_norm(g, dim=-1)
         f = electron_scattering_factors(self.elements, g_norm, table=self.table)
+        f_site = f[self._site_element]
+        if atoms.charge is not None:
+            delta = charge_scattering_factors(self.elements, g_norm)[self._site_element]
+            f_site = f_site + atoms.charge[self.expansion.atom_index, None] * delta
         positions = self.expansion.positions(atoms.xyz)
         u_cart = self.expansion.u_cartesian(atoms.uij)
         occupancy = atoms.occupancy[self.expansion.atom_index]
-        return structure_factors(hkl, g, positions, u_cart, occupancy, f[self._site_element])
+        return structure_factors(hkl, g, positions, u_cart, occupancy, f_site)
 
     def potential(self, hkl: Tensor, atoms: AtomTensors, *, real: bool | None = None) -> Tensor:
         """U_g = γ F(g)/(π Ω) [Å⁻²]; real-valued when the crystal is centrosymmetric about

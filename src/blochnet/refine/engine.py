@@ -45,7 +45,7 @@ class EpochRecord:
 def _group_of(name: str) -> str:
     """Parameter group of a parameter name (see :func:`parameter_groups`)."""
     markers = ("xyz_shift", "xyz"), ("adp_shift", "adp"), ("occ_shift", "occupancy")
-    for marker, group in (*markers, ("kappa_shift", "absorption")):
+    for marker, group in (*markers, ("charge_shift", "charge"), ("kappa_shift", "absorption")):
         if marker in name:
             return group
     if "orientation" in name.split("."):
@@ -56,7 +56,8 @@ def _group_of(name: str) -> str:
 
 
 def parameter_groups(objective: nn.Module, learning_rates: dict[str, float]) -> list[dict]:
-    """Adam parameter groups: "xyz", "adp", "occupancy", "absorption" (structure shifts),
+    """Adam parameter groups: "xyz", "adp", "occupancy", "charge", "absorption" (structure
+    shifts),
     "orientation" (per-frame rotation vectors), "orientation_network" (the weights of a
     learned orientation drift) and "thickness" (every thickness-model
     parameter). A group with learning rate 0 is fixed (its parameters get

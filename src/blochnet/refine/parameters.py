@@ -4,6 +4,11 @@ Only the selected free parameters are refined: each group (coordinates, ADPs, oc
 is the crystal's starting vector plus a refinable shift on a chosen subset, so the
 refined vector is exactly the set of independent parameters whose s.u. are reported.
 Selections name atoms by label (``None`` = every atom, ``()`` = none).
+
+Partial charges keep the unit cell neutral: of the k atoms whose charge is refined, the
+first k − 1 carry a free charge and the last one takes what neutrality leaves,
+q_L = −(Σ_i m_i o_i q_i + fixed)/(m_L o_L), m the number of sites in the cell and o the
+starting occupancy (SHELXL's SUMP with a zero sum).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ class StructureParameters(nn.Module):
     Parameters
     ----------
     model : the crystal model (its site-symmetry maps define the free parameters).
-    xyz, adp, occupancy : labels of the atoms whose coordinates / ADPs / occupancies are
-        refined; ``None`` means every atom, an empty collection none.
+    xyz, adp, occupancy, charge : labels of the atoms whose coordinates / ADPs / occupancies
+        / partial charges are refined; ``None`` means every atom, an empty collection none.
+        Refined charges need at least two atoms (the cell stays neutral).
     absorption : κ of U'_g = κ U_g (0: no absorption); with ``refine_absorption`` it is
         refined (a shift on κ, kept ≥ 0 by :meth:`keep_adps_positive_definite`).
     """
@@ -37,6 +43,7 @@ class StructureParameters(nn.Module):
         xyz: Collection[str] | None = None,
         adp: Collection[str] | None = None,
         occupancy: Collection[str] | None = (),
+        charge: Collection[str] | None = (),
         absorption: float = 0.0,
         refine_absorption: bool = False,
     ) -> None:
@@ -44,7 +51,7 @@ class StructureParameters(nn.Module):
         self.model = model
         start = model.free_parameters()
         labels = [a.label for a in model.crystal.atoms]
-        for chosen in (xyz, adp, occupancy):
+        for chosen in (xyz, adp, occupancy, charge):
             unknown = set(chosen or ()) - set(labels)
             if unknown:
                 raise ConfigurationError(f"no atom labelled {sorted(unknown)}; atoms: {labels}")
@@ -56,21 +63,29 @@ class StructureParameters(nn.Module):
             i - n_xyz for i in range(n_xyz, len(owners)) if adp is None or owners[i] in adp
         ]
         occ_index = [i for i, label in enumerate(labels) if occupancy is None or label in occupancy]
+        charge_index = [i for i, label in enumerate(labels) if charge is None or label in charge]
         self.names = (
             [(owners[i], names[i]) for i in xyz_index]
             + [(owners[n_xyz + i], names[n_xyz + i]) for i in adp_index]
             + [(labels[i], "occ") for i in occ_index]
+            + [(labels[i], "charge") for i in charge_index[:-1]]
+        )
+        charge_start = (
+            start.charge if start.charge is not None else torch.zeros_like(start.occupancy)
         )
         for name, value in (
             ("xyz_start", start.xyz),
             ("adp_start", start.adp),
             ("occ_start", start.occupancy),
+            ("charge_start", charge_start),
+            ("charge_map", _neutral_basis(model, charge_index, labels)),
         ):
             self.register_buffer(name, value.detach().clone())
         for name, index in (
             ("xyz_index", xyz_index),
             ("adp_index", adp_index),
             ("occ_index", occ_index),
+            ("charge_free", charge_index[:-1]),
         ):
             self.register_buffer(
                 name, torch.as_tensor(index, dtype=torch.long, device=model.device)
@@ -79,6 +94,14 @@ class StructureParameters(nn.Module):
         self.xyz_shift = zeros(len(xyz_index))
         self.adp_shift = zeros(len(adp_index))
         self.occ_shift = zeros(len(occ_index))
+        self.charge_shift = zeros(max(len(charge_index) - 1, 0))
+        self.charged = start.charge is not None or bool(charge_index)
+        total = float(model.cell_charge(charge_start, start.occupancy))
+        if abs(total) > 1e-4:
+            raise ConfigurationError(
+                f"the starting charges make the unit cell charged ({total:+.4f} e); partial "
+                "charges must add up to zero over the cell"
+            )
         self.register_buffer(
             "kappa_start",
             torch.as_tensor(float(absorption), dtype=model.dtype, device=model.device),
@@ -88,8 +111,9 @@ class StructureParameters(nn.Module):
             self.names.append(("", "kappa"))
 
     def shifts(self) -> tuple[nn.Parameter, ...]:
-        """The refinable shifts: coordinates, ADPs, occupancies, κ (order of :attr:`names`)."""
-        return (self.xyz_shift, self.adp_shift, self.occ_shift, self.kappa_shift)
+        """The refinable shifts: coordinates, ADPs, occupancies, charges, κ (order of
+        :attr:`names`)."""
+        return (self.xyz_shift, self.adp_shift, self.occ_shift, self.charge_shift, self.kappa_shift)
 
     def absorption(self) -> Tensor | float:
         """κ: a tensor when refined (so that it is differentiated), else a number."""
@@ -103,6 +127,9 @@ class StructureParameters(nn.Module):
             xyz=self.xyz_start.index_add(0, self.xyz_index, self.xyz_shift),
             adp=self.adp_start.index_add(0, self.adp_index, self.adp_shift),
             occupancy=self.occ_start.index_add(0, self.occ_index, self.occ_shift),
+            charge=self.charge_start + self.charge_map @ self.charge_shift
+            if self.charged
+            else None,
         )
 
     def atoms(self) -> AtomTensors:
@@ -116,6 +143,7 @@ class StructureParameters(nn.Module):
                 self.xyz_start[self.xyz_index] + self.xyz_shift,
                 self.adp_start[self.adp_index] + self.adp_shift,
                 self.occ_start[self.occ_index] + self.occ_shift,
+                (self.charge_start + self.charge_map @ self.charge_shift)[self.charge_free],
                 self.kappa_start + self.kappa_shift,
             ]
         )
@@ -140,6 +168,30 @@ class StructureParameters(nn.Module):
             target = torch.linalg.lstsq(self.model.adp_map, uij.reshape(-1, 1)).solution[:, 0]
             self.adp_shift.copy_((target - self.adp_start)[self.adp_index])
             return True
+
+
+def _neutral_basis(model: CrystalModel, index: list[int], labels: list[str]) -> Tensor:
+    """(atom, k − 1) map from the free charges (the first k − 1 refined atoms) to every
+    atom's charge shift, the last refined atom balancing the cell's charge."""
+    n_atom = len(labels)
+    basis = torch.zeros(n_atom, max(len(index) - 1, 0), dtype=model.dtype, device=model.device)
+    if not index:
+        return basis
+    if len(index) == 1:
+        raise ConfigurationError(
+            f"refining the charge of {labels[index[0]]} alone would charge the cell; select "
+            "at least two atoms (the last selected one keeps the cell neutral)"
+        )
+    crystal = model.crystal
+    sites = torch.bincount(model.expansion.atom_index, minlength=n_atom).to(model.dtype)
+    weight = sites.cpu() * torch.as_tensor([a.occupancy for a in crystal.atoms], dtype=model.dtype)
+    last = index[-1]
+    if weight[last] <= 0:
+        raise ConfigurationError(f"atom {labels[last]} has occupancy 0; it cannot hold a charge")
+    for column, i in enumerate(index[:-1]):
+        basis[i, column] = 1.0
+        basis[last, column] = -float(weight[i] / weight[last])
+    return basis
 
 
 def atom_selection(text: str | None, labels: list[str]) -> set[str] | None:

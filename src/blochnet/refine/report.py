@@ -21,7 +21,7 @@ from blochnet.refine.objective import joint_figures_of_merit
 
 
 def refined_crystal(structure, su: dict | None = None) -> Crystal:
-    """The crystal with the refined coordinates, ADPs and occupancies, and their s.u.
+    """The crystal with the refined coordinates, ADPs, occupancies and charges, and their s.u.
     (from :func:`~blochnet.refine.uncertainty.structure_uncertainties`) where refined."""
     crystal = copy.deepcopy(structure.model.crystal)
     with torch.no_grad():
@@ -29,8 +29,10 @@ def refined_crystal(structure, su: dict | None = None) -> Crystal:
         u_cart = uij_to_cartesian(crystal.cell, atoms.uij)
     xyz, uij, occ = (t.detach().cpu().numpy() for t in (atoms.xyz, atoms.uij, atoms.occupancy))
     ueq = np.trace(u_cart.detach().cpu().numpy(), axis1=-2, axis2=-1) / 3
+    charge = None if atoms.charge is None else atoms.charge.detach().cpu().numpy()
     for i, atom in enumerate(crystal.atoms):
         atom.xyz, atom.occupancy, atom.uiso, atom.su = xyz[i], float(occ[i]), float(ueq[i]), {}
+        atom.charge = 0.0 if charge is None else float(charge[i])
         if atom.uij is not None:
             atom.uij = uij[i]
         if su is not None:
@@ -38,6 +40,7 @@ def refined_crystal(structure, su: dict | None = None) -> Crystal:
                 **dict(zip("xyz", su["xyz"][i], strict=True)),
                 "uiso": su["ueq"][i],
                 "occ": su["occupancy"][i],
+                "charge": su["charge"][i],
             }
             if atom.uij is not None:
                 values |= dict(zip(UIJ_NAMES, su["uij"][i], strict=True))
@@ -247,6 +250,8 @@ def _atom_entry(atom) -> dict:
         "uij_su": None if atom.uij is None else [su.get(k, 0.0) for k in UIJ_NAMES],
         "occupancy": atom.occupancy,
         "occupancy_su": su.get("occ", 0.0),
+        "charge": atom.charge,
+        "charge_su": su.get("charge", 0.0),
     }
 
 

@@ -52,6 +52,7 @@ class LearningRates(BaseModel):
     xyz: float = Field(5e-4, ge=0, description="free coordinates [fractional]")
     adp: float = Field(3e-4, ge=0, description="Uiso / free Uij [Å²]")
     occupancy: float = Field(0.0, ge=0)
+    charge: float = Field(1e-2, ge=0, description="partial charges [e]")
     absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
     orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
     orientation_network: float = Field(
@@ -94,6 +95,13 @@ class RefineConfig(BaseModel):
     refine_xyz: str = "all"
     refine_adp: str = "all"
     refine_occupancy: str = "none"
+    refine_charge: str = Field(
+        "none",
+        description=(
+            "atoms whose partial charge is refined (the last one selected keeps the cell "
+            "neutral); 'none': neutral atoms, or the charges the structure file gives"
+        ),
+    )
     refine_orientation: bool = True
     refine_absorption: bool = Field(
         False, description="refine κ, starting from simulation.absorption (0.05 when that is 0)"
@@ -196,6 +204,7 @@ def build_refinement(
         xyz=atom_selection(config.refine_xyz, labels),
         adp=atom_selection(config.refine_adp, labels),
         occupancy=atom_selection(config.refine_occupancy, labels),
+        charge=atom_selection(config.refine_charge, labels),
         absorption=(config.simulation.absorption or 0.05)
         if config.refine_absorption
         else config.simulation.absorption,

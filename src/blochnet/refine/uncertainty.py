@@ -12,8 +12,8 @@ vector–Jacobian product g(u) = Jᵀ u is built once with a differentiable grap
 column J e_k = ∂(e_k · g)/∂u costs one backward pass through that graph — one per
 parameter, with no new eigendecomposition.
 
-The s.u. are propagated linearly through the site-symmetry maps to x, y, z and Uij, and
-to Ueq = tr(U_cart)/3.
+The s.u. are propagated linearly through the site-symmetry maps to x, y, z and Uij, to
+Ueq = tr(U_cart)/3, and through the neutrality constraint to every refined charge.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
 
     Returns ``{"free": (P,) s.u. of the refined free parameters (order of
     ``model.structure.names``), "xyz": (atom, 3), "uij": (atom, 6), "ueq": (atom,),
-    "occupancy": (atom,), "absorption": s.u. of κ or None}`` (zeros where a value is not
-    refined), plus "gof".
+    "occupancy": (atom,), "charge": (atom,), "absorption": s.u. of κ or None}`` (zeros
+    where a value is not refined), plus "gof".
     """
     structure = model.structure
     params = list(structure.shifts())
@@ -83,10 +83,10 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
 
 
 def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
-    """Through x = x0 + P p, uij = Q q to coordinates, Uij and Ueq."""
+    """Through x = x0 + P p, uij = Q q, q = q0 + C c to coordinates, Uij, Ueq and charges."""
     model = structure.model
     n_atom = len(model.crystal.atoms)
-    nx, na, no = sizes[:3]
+    nx, na, no, nc, nk = sizes
     n_xyz_all, n_adp_all = model.xyz_map.shape[1], model.adp_map.shape[1]
     # refined shifts → all free parameters (selection matrices)
     sel_x = torch.zeros(n_xyz_all, nx, dtype=cov.dtype, device=cov.device)
@@ -107,6 +107,9 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
     occ_var = torch.zeros(n_atom, dtype=cov.dtype, device=cov.device)
     occ = slice(nx + na, nx + na + no)
     occ_var[structure.occ_index] = torch.diagonal(cov[occ, occ]).clamp(min=0)
+    charge = slice(nx + na + no, nx + na + no + nc)
+    jc = structure.charge_map  # (atom, nc)
+    charge_var = torch.einsum("ik,kl,il->i", jc, cov[charge, charge], jc).clamp(min=0)
     free_var = torch.diagonal(cov).clamp(min=0)
     to_np = lambda v: v.sqrt().detach().cpu().numpy()  # noqa: E731
     return {
@@ -115,5 +118,6 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
         "uij": to_np(uij_var).reshape(n_atom, 6),
         "ueq": to_np(ueq_var),
         "occupancy": to_np(occ_var),
-        "absorption": float(to_np(free_var[nx + na + no :]).sum()) if sizes[3] else None,
+        "charge": to_np(charge_var),
+        "absorption": float(to_np(free_var[charge.stop :]).sum()) if nk else None,
     }
