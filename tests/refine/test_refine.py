@@ -429,16 +429,8 @@ def test_charges_that_do_not_cancel_or_a_single_refined_charge_are_refused(synth
 
 
 def test_levenberg_marquardt_recovers_partial_charges_of_synthetic_data(tmp_path):
-    torch.set_num_threads(1)
     crystal = read_structure(example_path("quartz"))
-    dataset, _ = simulate_experiment(
-        _charged(crystal, 0.8),
-        generated=GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.1),
-        thickness=ConstantThickness(value=500.0),
-        noise=NoiseModel(dose=1e9, background=0.5),
-        config=SIMULATION,
-        seed=6,
-    )
+    dataset = small_quartz_frames(_charged(crystal, 0.8), seed=6)
     config = _config(  # least squares: the data have Poisson noise and no outliers
         refine_charge="all", robust=0.0, learning_rates=LearningRates(xyz=0, adp=0, charge=1e-2)
     )
