@@ -100,7 +100,7 @@ def refine(
         )
     charged = [a for a in r["atoms"] if a["charge"] or a["charge_su"]]
     charges = "; ".join(
-        f"{a['label']} {format_su(a['charge'], a['charge_su'] or None, 3)}" for a in charged
+        f"{a['label']} {format_su(a['charge'], a['charge_su'], 3)}" for a in charged
     )
     worst = r["most_disagreeable"][:5]
     listed = "; ".join(

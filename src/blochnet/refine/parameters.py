@@ -127,10 +127,12 @@ class StructureParameters(nn.Module):
             xyz=self.xyz_start.index_add(0, self.xyz_index, self.xyz_shift),
             adp=self.adp_start.index_add(0, self.adp_index, self.adp_shift),
             occupancy=self.occ_start.index_add(0, self.occ_index, self.occ_shift),
-            charge=self.charge_start + self.charge_map @ self.charge_shift
-            if self.charged
-            else None,
+            charge=self.charges() if self.charged else None,
         )
+
+    def charges(self) -> Tensor:
+        """(atom,) partial charges [e]: the start plus the refined shifts, cell kept neutral."""
+        return self.charge_start + self.charge_map @ self.charge_shift
 
     def atoms(self) -> AtomTensors:
         """Asymmetric-unit tensors for the forward model."""
@@ -143,7 +145,7 @@ class StructureParameters(nn.Module):
                 self.xyz_start[self.xyz_index] + self.xyz_shift,
                 self.adp_start[self.adp_index] + self.adp_shift,
                 self.occ_start[self.occ_index] + self.occ_shift,
-                (self.charge_start + self.charge_map @ self.charge_shift)[self.charge_free],
+                self.charges()[self.charge_free],
                 self.kappa_start + self.kappa_shift,
             ]
         )
