@@ -327,7 +327,9 @@ def refine_config(
     The objective is plain weighted least squares (``robust=0``): simulated data carry
     Poisson noise and no outliers, so least squares is the efficient estimator, and it is
     the objective wR2 measures. (The robust loss of the defaults, meant for real data, ends
-    at 1.16× / 1.11× the true wR2 on quartz / CsPbBr3 here.)
+    at 1.16× / 1.11× the true wR2 on quartz / CsPbBr3 here.) Partial charges, refined by
+    default, stay fixed at zero: the task is the one of the acceptance (coordinates, Uiso,
+    thickness), and the simulated atoms are neutral.
     """
     network = kind in ("neural", "neural-grid")
     return RefineConfig(
@@ -340,6 +342,7 @@ def refine_config(
         ),
         epochs=case.schedule[0],
         refine_orientation=False,
+        refine_charge="none",
         robust=0.0,
         auto_setup=False,
         seed=seed,

@@ -23,9 +23,11 @@ from blochnet.experiment.synthetic import (
 )
 from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
+from blochnet.physics.crystal_model import CrystalModel
 from blochnet.physics.lattice import direct_matrix
 from blochnet.refine.engine import EpochRecord, RefinementError, _converged, optimise_adam
 from blochnet.refine.gauss_newton import jacobian, levenberg_marquardt
+from blochnet.refine.parameters import StructureParameters
 from blochnet.refine.report import count_parameters, refined_crystal
 from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
 from blochnet.refine.thickness import ThicknessConfig
@@ -426,6 +428,16 @@ def test_charges_that_do_not_cancel_or_a_single_refined_charge_are_refused(synth
         build_refinement(unbalanced, [dataset], _config())
     with pytest.raises(ConfigurationError, match="at least two atoms"):
         build_refinement(crystal, [dataset], _config(refine_charge="O1"))
+
+
+def test_all_charges_on_a_structure_of_one_atom_refine_none_and_one_named_atom_is_refused():
+    model = CrystalModel(read_structure(example_path("silicon")), voltage=200e3)
+    everything = StructureParameters(model, charge=None)  # the default selection "all"
+    assert everything.charge_shift.numel() == 0 and not everything.charged
+    assert everything.atoms().charge is None  # neutral: the code path without charges
+    assert all(name != "charge" for _, name in everything.names)
+    with pytest.raises(ConfigurationError, match="Si1 alone"):
+        StructureParameters(model, charge={"Si1"})
 
 
 def test_levenberg_marquardt_recovers_partial_charges_of_synthetic_data(tmp_path):

@@ -31,7 +31,8 @@ class StructureParameters(nn.Module):
     model : the crystal model (its site-symmetry maps define the free parameters).
     xyz, adp, occupancy, charge : labels of the atoms whose coordinates / ADPs / occupancies
         / partial charges are refined; ``None`` means every atom, an empty collection none.
-        Refined charges need at least two atoms (the cell stays neutral).
+        Refined charges need at least two atoms (the cell stays neutral): ``charge=None``
+        on a structure of one atom (silicon) refines none, an explicit single atom is refused.
     absorption : κ of U'_g = κ U_g (0: no absorption); with ``refine_absorption`` it is
         refined (a shift on κ, kept ≥ 0 by :meth:`keep_adps_positive_definite`).
     """
@@ -64,6 +65,8 @@ class StructureParameters(nn.Module):
         ]
         occ_index = [i for i, label in enumerate(labels) if occupancy is None or label in occupancy]
         charge_index = [i for i, label in enumerate(labels) if charge is None or label in charge]
+        if charge is None and len(labels) == 1:
+            charge_index = []  # nothing could balance the one atom's charge
         self.names = (
             [(owners[i], names[i]) for i in xyz_index]
             + [(owners[n_xyz + i], names[n_xyz + i]) for i in adp_index]

@@ -52,7 +52,7 @@ class LearningRates(BaseModel):
     xyz: float = Field(5e-4, ge=0, description="free coordinates [fractional]")
     adp: float = Field(3e-4, ge=0, description="Uiso / free Uij [Å²]")
     occupancy: float = Field(0.0, ge=0)
-    charge: float = Field(1e-2, ge=0, description="partial charges [e]")
+    charge: float = Field(3e-2, ge=0, description="partial charges [e]")
     absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
     orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
     orientation_network: float = Field(
@@ -96,10 +96,11 @@ class RefineConfig(BaseModel):
     refine_adp: str = "all"
     refine_occupancy: str = "none"
     refine_charge: str = Field(
-        "none",
+        "all",
         description=(
             "atoms whose partial charge is refined (the last one selected keeps the cell "
-            "neutral); 'none': neutral atoms, or the charges the structure file gives"
+            "neutral; 'all' on a structure of one atom refines none); 'none': neutral "
+            "atoms, or the charges the structure file gives"
         ),
     )
     refine_orientation: bool = True
