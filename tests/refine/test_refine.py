@@ -111,6 +111,15 @@ def test_interrupted_refinement_resumes_to_the_same_result(synthetic, tmp_path):
     assert constant.history[-1].loss != pytest.approx(straight.history[-1].loss, rel=1e-6)
 
 
+def test_resuming_with_other_refined_groups_names_the_checkpoint(synthetic, tmp_path):
+    crystal, dataset = synthetic
+    refine(crystal, [dataset], tmp_path, _config(epochs=2, checkpoint_every=1))
+    other = _config(epochs=4, checkpoint_every=1, refine_charge="none")
+    with pytest.raises(RefinementError, match="checkpoint.pt: cannot resume") as caught:
+        refine(crystal, [dataset], tmp_path, other, resume=True)
+    assert "charge" in str(caught.value)  # what does not match: the charge parameters
+
+
 def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(synthetic):
     crystal, dataset = synthetic
     model = build_refinement(

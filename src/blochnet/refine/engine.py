@@ -115,10 +115,22 @@ def optimise_adam(
     history: list[EpochRecord] = []
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        objective.load_state_dict(state["objective"])
-        optimiser.load_state_dict(state["optimiser"])
-        history = [EpochRecord(**h) for h in state["history"]]
+        try:
+            state = torch.load(checkpoint, weights_only=False)
+            why = _mismatch(objective.state_dict(), state["objective"])
+            if not why:
+                objective.load_state_dict(state["objective"])
+                optimiser.load_state_dict(state["optimiser"])
+                history = [EpochRecord(**h) for h in state["history"]]
+        except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
+            why = f"unreadable ({type(error).__name__}: {error})"
+        if why:
+            raise RefinementError(
+                f"{checkpoint}: cannot resume, the checkpoint does not hold this refinement's "
+                f"parameters ({why}); it was written with other settings (e.g. other refined "
+                "groups) or by another version. Start again without --resume, or resume "
+                "with the settings of that run"
+            )
         start_epoch = len(history)
     good = copy.deepcopy(objective.state_dict())
     base_rates = [group["lr"] for group in groups]
@@ -210,6 +222,23 @@ class _ScaledLBFGS:
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)
+
+
+def _mismatch(current: dict, saved: dict) -> str:
+    """What differs between the refinement's state and a checkpoint's ('' if nothing)."""
+    missing = [k for k in current if k not in saved]
+    extra = [k for k in saved if k not in current]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} saved, {tuple(v.shape)} here"
+        for k, v in current.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    parts = [
+        f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
+        for label, items in (("missing", missing), ("not here", extra), ("shape", shapes))
+        if items
+    ]
+    return "; ".join(parts)
 
 
 def save_checkpoint(path: Path, objective: nn.Module, optimiser, history) -> None:
