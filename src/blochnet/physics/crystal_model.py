@@ -149,9 +149,15 @@ class CrystalModel:
             charge=self._tensor([a.charge for a in atoms]) if charged else None,
         )
 
+    def cell_weights(self, occupancy: Tensor) -> Tensor:
+        """(atom,) sites in the unit cell × ``occupancy``: what one unit of a per-atom
+        quantity (a charge) adds to the cell's total."""
+        sites = torch.bincount(self.expansion.atom_index, minlength=len(self.crystal.atoms))
+        return sites.to(occupancy) * occupancy
+
     def cell_charge(self, charge: Tensor, occupancy: Tensor) -> Tensor:
         """Total charge of the unit cell [e] for per-atom ``charge`` and ``occupancy``."""
-        return (charge * occupancy)[self.expansion.atom_index].sum()
+        return (charge * self.cell_weights(occupancy)).sum()
 
     def _tensor(self, values) -> Tensor:
         return torch.as_tensor(

@@ -81,7 +81,7 @@ class StructureParameters(nn.Module):
             ("adp_start", start.adp),
             ("occ_start", start.occupancy),
             ("charge_start", charge_start),
-            ("charge_map", _neutral_basis(model, charge_index, labels)),
+            ("charge_map", _neutral_basis(model, charge_index, labels, start.occupancy)),
         ):
             self.register_buffer(name, value.detach().clone())
         for name, index in (
@@ -175,9 +175,12 @@ class StructureParameters(nn.Module):
             return True
 
 
-def _neutral_basis(model: CrystalModel, index: list[int], labels: list[str]) -> Tensor:
+def _neutral_basis(
+    model: CrystalModel, index: list[int], labels: list[str], occupancy: Tensor
+) -> Tensor:
     """(atom, k − 1) map from the free charges (the first k − 1 refined atoms) to every
-    atom's charge shift, the last refined atom balancing the cell's charge."""
+    atom's charge shift, the last refined atom balancing the cell's charge (weights
+    :meth:`~blochnet.physics.crystal_model.CrystalModel.cell_weights` of ``occupancy``)."""
     n_atom = len(labels)
     basis = torch.zeros(n_atom, max(len(index) - 1, 0), dtype=model.dtype, device=model.device)
     if not index:
@@ -187,9 +190,7 @@ def _neutral_basis(model: CrystalModel, index: list[int], labels: list[str]) -> 
             f"refining the charge of {labels[index[0]]} alone would charge the cell; select "
             "at least two atoms (the last selected one keeps the cell neutral)"
         )
-    crystal = model.crystal
-    sites = torch.bincount(model.expansion.atom_index, minlength=n_atom).to(model.dtype)
-    weight = sites.cpu() * torch.as_tensor([a.occupancy for a in crystal.atoms], dtype=model.dtype)
+    weight = model.cell_weights(occupancy).cpu()
     last = index[-1]
     if weight[last] <= 0:
         raise ConfigurationError(f"atom {labels[last]} has occupancy 0; it cannot hold a charge")
