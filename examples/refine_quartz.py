@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     hand = report["absolute_structure"]
     inverse = hand["inverse_of_refined"]["r_obs_frame_mean"]
-    turned = " (the inverse of the starting structure)" if hand["inverted"] else ""
+    turned = (
+        " (the inverse of the starting structure)"
+        if hand["inverted"]
+        else " (as in the starting structure)"
+    )
     print(
         f"absolute structure: {result.crystal.spacegroup}{turned}; the refined model "
         f"inverted gives R1(obs) {100 * inverse:.2f} % frame mean"

@@ -44,5 +44,5 @@ def test_the_python_example_refines_and_prints_coordinates_with_su(tmp_path):
     assert f"frame mean over {report['n_obs']} obs" in result.stdout
     assert report["n_obs"] >= 1400  # the observed per-frame observations of the bundled data
     assert "O1" in result.stdout and "(" in result.stdout
-    assert "absolute structure: P 31 2 1 (the inverse of the starting structure)" in result.stdout
+    assert "absolute structure: P 32 2 1 (as in the starting structure)" in result.stdout
     assert (tmp_path / "refined.cif").exists()

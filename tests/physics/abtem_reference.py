@@ -1,4 +1,4 @@
-"""Independent reference intensities for crystalline Si computed with abTEM.
+"""Independent reference intensities for crystalline Si (and polar zinc-blende ZnS) from abTEM.
 
 abTEM (https://abtem.readthedocs.io, pinned ``abtem==1.0.11`` in the ``test`` extra) is run
 as an *independent referee*: nothing of it is used by blochnet itself. abTEM is imported
@@ -75,12 +75,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 
 LATTICE_CONSTANT_SI = 5.431  # Å
+LATTICE_CONSTANT_ZNS = 5.4093  # Å
 ENERGY_200KV = 200e3  # eV
 
 #: Right-handed frames (x̂, ŷ, ẑ ∥ zone) of the supported zone axes, as integer directions of
@@ -182,6 +183,7 @@ def abtem_silicon_intensities(
     slices_per_period: int | None = None,
     projection: Literal["finite", "infinite"] | None = None,
     lattice_constant: float = LATTICE_CONSTANT_SI,
+    atoms: Callable | None = None,
 ) -> AbtemIntensities:
     """Dynamical diffracted-beam intensities of a Si slab computed by abTEM.
 
@@ -209,6 +211,8 @@ def abtem_silicon_intensities(
         make the slicing exact) or ``"finite"`` (real-space quadrature; its U_g are
         0.3–0.9 % larger than the Lobato values here, see the benchmark).
     lattice_constant : cubic cell edge a [Å].
+    atoms : callable ``lattice_constant -> ase.Atoms`` giving the 8-atom conventional cubic
+        cell (default :func:`silicon_atoms`; :func:`zinc_blende_atoms` for a polar crystal).
 
     Returns
     -------
@@ -219,6 +223,7 @@ def abtem_silicon_intensities(
         interpolated (cubic spline) between exit planes one lattice period apart (the raw
         values are in ``exit_plane_thicknesses`` and ``exit_plane_intensities``).
     """
+    cell_atoms = (atoms or silicon_atoms)(lattice_constant)
     thicknesses = np.atleast_1d(np.asarray(thicknesses, dtype=float))
     if thicknesses.ndim != 1 or np.any(thicknesses < 0):
         raise ValueError("thicknesses must be a 1-D sequence of non-negative values [Å]")
@@ -234,7 +239,7 @@ def abtem_silicon_intensities(
             "surface_normal": surface_normal,
         }
         normal = frame[2] if surface_normal == "zone" else direction
-        result = _bloch(frame, direction, normal, thicknesses, energy, lattice_constant, settings)
+        result = _bloch(frame, direction, normal, thicknesses, energy, cell_atoms, settings)
     elif method == "multislice":
         if surface_normal != "zone":
             raise ValueError("multislice slabs always have their normal along the zone axis")
@@ -250,7 +255,9 @@ def abtem_silicon_intensities(
             "tilt_mrad": tuple(float(t) for t in tilt_mrad),
         }
         normal = frame[2]
-        result = _multislice(zone, frame, thicknesses, energy, lattice_constant, settings)
+        result = _multislice(
+            zone, frame, thicknesses, energy, lattice_constant, cell_atoms, settings
+        )
     else:
         raise ValueError(f"method must be 'bloch' or 'multislice', got {method!r}")
     result.runtime_s = time.perf_counter() - start
@@ -269,6 +276,15 @@ def silicon_atoms(lattice_constant: float = LATTICE_CONSTANT_SI):
     return bulk("Si", "diamond", a=lattice_constant, cubic=True)
 
 
+def zinc_blende_atoms(lattice_constant: float = LATTICE_CONSTANT_ZNS):
+    """The 8-atom conventional cell of zinc-blende ZnS (F-43m) as :class:`ase.Atoms`:
+    Zn at (0 0 0) and S at (¼ ¼ ¼) plus the face centrings, a polar crystal whose
+    (0 0 2) and (0 0 -2) intensities differ under multiple scattering."""
+    from ase.build import bulk
+
+    return bulk("ZnS", "zincblende", a=lattice_constant, cubic=True)
+
+
 def _abtem_config():
     import abtem
 
@@ -280,7 +296,7 @@ def _abtem_config():
 # --------------------------------------------------------------------------- Bloch waves
 
 
-def _bloch(frame, direction, normal, thicknesses, energy, lattice_constant, settings):
+def _bloch(frame, direction, normal, thicknesses, energy, cell_atoms, settings):
     from abtem.bloch import BlochWaves, StructureFactor
     from abtem.core.energy import energy2wavelength
 
@@ -294,7 +310,7 @@ def _bloch(frame, direction, normal, thicknesses, energy, lattice_constant, sett
         # Couplings U_{g-h} need |g - h| ≤ 2 g_max; a hard cutoff just beyond keeps all of
         # them at full strength (abTEM's default "taper" damps the last 5 %).
         structure_factor = StructureFactor(
-            silicon_atoms(lattice_constant),
+            cell_atoms,
             g_max=2 * g_max + 0.01,
             parametrization="lobato",
             cutoff="hard",
@@ -346,12 +362,14 @@ def _bloch_propagate(matrix, g_lab, hkl, normal_lab, k, thicknesses):
 # ---------------------------------------------------------------------------- multislice
 
 
-def _orthogonal_cell(zone, frame, lattice_constant):
-    """The zone's orthogonal Si supercell, rotated so that x̂, ŷ, ẑ are the lab axes."""
+def _orthogonal_cell(zone, frame, lattice_constant, cubic):
+    """The zone's orthogonal supercell of the cubic cell ``cubic``, rotated so that x̂, ŷ, ẑ
+    are the lab axes."""
     from ase import Atoms
 
     rows = ZONE_FRAMES[tuple(int(v) for v in zone)]["cell"] * lattice_constant
-    cubic = silicon_atoms(lattice_constant)
+    if not np.allclose(cubic.cell.lengths(), lattice_constant, atol=1e-9):
+        raise ValueError("the atoms' cubic cell does not have the lattice constant given")
     n_rep = int(np.ceil(np.abs(rows).sum(axis=0).max() / lattice_constant)) + 1
     big = cubic.repeat((2 * n_rep,) * 3)
     big.translate(-n_rep * lattice_constant * np.ones(3))
@@ -359,15 +377,14 @@ def _orthogonal_cell(zone, frame, lattice_constant):
     tol = 1e-6
     keep = np.all((fractional > -tol) & (fractional < 1 - tol), axis=1)
     fractional = np.clip(fractional[keep], 0.0, None)
+    symbols = np.array(big.get_chemical_symbols())[keep]
     n_expected = round(8 * abs(np.linalg.det(rows / lattice_constant)))
     if len(fractional) != n_expected:
         raise RuntimeError(f"orthogonal cell has {len(fractional)} atoms, expected {n_expected}")
     if not np.allclose(rows @ frame.T, np.diag(np.linalg.norm(rows, axis=1)), atol=1e-9):
         raise RuntimeError("orthogonal cell is not aligned with the zone frame")
     lengths = np.linalg.norm(rows, axis=1)
-    return Atoms(
-        f"Si{len(fractional)}", scaled_positions=fractional, cell=np.diag(lengths), pbc=True
-    )
+    return Atoms(list(symbols), scaled_positions=fractional, cell=np.diag(lengths), pbc=True)
 
 
 def _grid_period(fractional: np.ndarray) -> int:
@@ -378,11 +395,11 @@ def _grid_period(fractional: np.ndarray) -> int:
     return 1
 
 
-def _multislice(zone, frame, thicknesses, energy, lattice_constant, settings):
+def _multislice(zone, frame, thicknesses, energy, lattice_constant, cell_atoms, settings):
     import abtem
     from scipy.interpolate import CubicSpline
 
-    atoms = _orthogonal_cell(zone, frame, lattice_constant)
+    atoms = _orthogonal_cell(zone, frame, lattice_constant, cell_atoms)
     lx, ly, period = np.diag(atoms.cell)
     n_slices = settings["slices_per_period"]
     n_periods = int(np.ceil(thicknesses.max() / period)) + 2

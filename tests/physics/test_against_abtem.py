@@ -1,4 +1,5 @@
-"""Dynamical intensities of Si against abTEM's independent Bloch-wave implementation.
+"""Dynamical intensities against abTEM: Si against its Bloch-wave module, and the polar
+zinc-blende ZnS against its multislice (real-space atoms, so it fixes the sign convention).
 
 Si (a = 5.431 Å, Fd-3m, 200 kV, B = 0, Lobato factors), surface normal [110], beam along
 [110] and 3° off it (rotated about [001]), 50–500 Å, with the same g_max = 3 Å⁻¹ and
@@ -18,7 +19,12 @@ from blochnet.experiment.pattern import simulate_pattern
 from blochnet.io.cif import read_structure
 
 pytest.importorskip("abtem")
-from abtem_reference import abtem_silicon_intensities, beam_direction  # noqa: E402
+from abtem_reference import (  # noqa: E402
+    LATTICE_CONSTANT_ZNS,
+    abtem_silicon_intensities,
+    beam_direction,
+    zinc_blende_atoms,
+)
 
 THICKNESS = [50.0, 100.0, 200.0, 300.0, 500.0]
 BEAMS = dict(g_max=3.0, sg_max=0.15)
@@ -43,3 +49,65 @@ def test_silicon_110_intensities_agree_with_abtem_bloch_waves(tilt_mrad):
         )
     worst = max(np.abs(values[:, index[h]] - reference[h]).max() for h in strong)
     assert worst < 1e-3  # measured: 1.2e-4 on the zone axis, 8e-5 off it
+
+
+ZNS_CIF = f"""data_zns
+_cell_length_a {LATTICE_CONSTANT_ZNS}
+_cell_length_b {LATTICE_CONSTANT_ZNS}
+_cell_length_c {LATTICE_CONSTANT_ZNS}
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_space_group_name_H-M_alt 'F -4 3 m'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_U_iso_or_equiv
+Zn1 Zn 0 0 0 0
+S1 S 0.25 0.25 0.25 0
+"""
+
+#: Friedel-related pairs of the tilted ZnS [110] pattern (the (001) mirror of the zone maps
+#: hkl to hk-l, and the structure is polar along [001]: their intensities differ).
+POLAR_PAIRS = [((0, 0, 2), (0, 0, -2)), ((1, -1, 1), (1, -1, -1)), ((-1, 1, 1), (-1, 1, -1))]
+
+
+def test_polar_zinc_blende_matches_abtem_multislice_and_not_its_inverse(tmp_path):
+    """The hand test: ZnS [110] 3° off, 100 and 200 Å. abTEM's multislice places the atoms
+    in real space, so it tells the structure from its inverse; blochnet must match the
+    structure as written and not the inverted one."""
+    torch.set_num_threads(1)
+    tilt = (np.radians(3.0) * 1e3, 0.0)
+    thickness = [100.0, 200.0]
+    reference = abtem_silicon_intensities(
+        (1, 1, 0),
+        tilt,
+        thickness,
+        method="multislice",
+        g_max=2.0,
+        sampling=0.05,
+        atoms=zinc_blende_atoms,
+        lattice_constant=LATTICE_CONSTANT_ZNS,
+    )
+    path = tmp_path / "zns.cif"
+    path.write_text(ZNS_CIF)
+    crystal = read_structure(path)
+    direction = beam_direction((1, 1, 0), tilt)
+    patterns = {
+        name: simulate_pattern(c, direction, thickness, normal=(1, 1, 0), **BEAMS)
+        for name, c in [("as written", crystal), ("inverted", crystal.inverted())]
+    }
+    theirs = np.array([reference[p] - reference[m] for p, m in POLAR_PAIRS])
+    decisive = np.abs(theirs) > 1e-3  # pairs and thicknesses that tell the hands apart
+    assert decisive.sum() >= 4
+    for name, pattern in patterns.items():
+        index = {tuple(h): i for i, h in enumerate(pattern.hkl)}
+        values = pattern.intensities.detach().numpy()
+        ours = np.array([values[:, index[p]] - values[:, index[m]] for p, m in POLAR_PAIRS])
+        if name == "as written":  # measured: within 3.7e-4 of abTEM's differences
+            np.testing.assert_allclose(ours, theirs, atol=6e-4)
+        else:
+            assert np.all(np.sign(ours[decisive]) != np.sign(theirs[decisive]))

@@ -117,7 +117,7 @@ def test_refined_neural_drift_recovers_a_goniometer_wobble_from_the_intensities(
     model, dataset, truth = drifted
     sum_w_io2 = float(((model.objectives[0].i_obs / model.objectives[0].sigma) ** 2).sum())
     history = optimise_adam(
-        model, epochs=300, learning_rates={"orientation_network": 1e-3}, sum_w_io2=sum_w_io2,
+        model, epochs=600, learning_rates={"orientation_network": 1e-3}, sum_w_io2=sum_w_io2,
         tolerance=0.0,
     )  # fmt: skip
     assert history[-1].loss < 0.01 * history[0].loss
@@ -131,7 +131,7 @@ def test_refined_neural_drift_recovers_a_goniometer_wobble_from_the_intensities(
 
     error = torch.sqrt(((across(refined) - across(truth)) ** 2).sum(1).mean())
     size = torch.sqrt((across(truth) ** 2).sum(1).mean())
-    assert error < 0.1 * size  # 0.02 measured
+    assert error < 0.1 * size  # 0.009 measured
 
 
 def test_learned_drift_counts_three_angles_per_frame_and_stays_out_of_levenberg_marquardt(

@@ -183,9 +183,15 @@ class CrystalModel:
         return structure_factors(hkl, g, positions, u_cart, occupancy, f_site)
 
     def potential(self, hkl: Tensor, atoms: AtomTensors, *, real: bool | None = None) -> Tensor:
-        """U_g = γ F(g)/(π Ω) [Å⁻²]; real-valued when the crystal is centrosymmetric about
-        the origin (``real=None`` decides from the operators)."""
-        u = self.prefactor * self.structure_factors(hkl, atoms)
+        """U_g = γ F(−g)/(π Ω) [Å⁻²], the Fourier coefficient of the potential
+        U(r) = Σ_g U_g exp(+2πi g·r); real-valued when the crystal is centrosymmetric about
+        the origin (``real=None`` decides from the operators).
+
+        F is the crystallographic structure factor Σ f exp(+2πi h·x), so the coefficient
+        of the potential is F at −g: beams are the plane waves exp(+2πi (K + g)·r) that
+        move towards +g, and an atom at x contributes f exp(−2πi g·x) to U_g. Using F(g)
+        instead would simulate the inverted structure (wrong polarity and hand)."""
+        u = self.prefactor * self.structure_factors(-hkl, atoms)
         if real is None:
             real = self.centrosymmetric_at_origin
         return u.real if real else u

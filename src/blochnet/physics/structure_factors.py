@@ -4,8 +4,11 @@ Notes
 -----
 F(g) = Σ_j occ_j f_j(|g|) T_j(g) exp(2πi h·x_j), summed over every atom j of the unit cell,
 with T_j(g) = exp(−2π² gᵀ U_j g) (U_j Cartesian [Å²]; Uiso I for isotropic atoms, which
-gives exp(−8π² Uiso s²)) and f_j the electron scattering factor [Å]. The Fourier coefficient
-of the potential is U_g = γ F(g) / (π Ω) [Å⁻²] (Ω cell volume, γ Lorentz factor).
+gives exp(−8π² Uiso s²)) and f_j the electron scattering factor [Å]: the crystallographic
+sign convention of the International Tables. The Fourier coefficient of the potential in
+U(r) = Σ_g U_g exp(+2πi g·r), which couples the beams K + g of the Bloch-wave solution, is
+U_g = γ F(−g) / (π Ω) [Å⁻²] (Ω cell volume, γ Lorentz factor; see
+:meth:`blochnet.physics.crystal_model.CrystalModel.potential`).
 See e.g. J. M. Zuo & J. C. H. Spence, *Advanced Transmission Electron Microscopy*
 (Springer 2017), ch. 3, doi:10.1007/978-1-4939-6607-3.
 """

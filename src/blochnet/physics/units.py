@@ -48,7 +48,8 @@ def potential_prefactor(energy: float, cell_volume: float) -> float:
 
     Notes
     -----
-    U_g = γ F(g) / (π Ω), with Ω the cell volume [Å^3] and γ the Lorentz factor; the
-    scattering factors are the non-relativistic ones of the tables.
+    U_g = γ F(−g) / (π Ω) for the crystallographic F(h) = Σ f exp(+2πi h·x), with Ω the
+    cell volume [Å^3] and γ the Lorentz factor; the scattering factors are the
+    non-relativistic ones of the tables.
     """
     return lorentz_factor(energy) / (math.pi * cell_volume)
