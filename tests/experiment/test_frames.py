@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import torch
 from typer.testing import CliRunner
 
@@ -59,6 +60,31 @@ def test_selection_rule_follows_its_definition():
     g = np.linalg.norm(dataset.reflections.hkl @ np.linalg.inv(direct_matrix(dataset.cell)), axis=1)
     expected = (g <= 1.2) & (selection.rsg <= 0.5)
     assert np.array_equal(selection.used, expected)
+
+
+def test_omitted_reflections_leave_every_frame_and_say_why():
+    _, dataset = _load("quartz")
+    hkl = dataset.reflections.hkl
+    plain = select_reflections(dataset, SelectionRule())
+    target = tuple(int(i) for i in hkl[np.flatnonzero(plain.used)[0]])
+    rule = SelectionRule(omit=[target, (0, 0, 8)])
+    selection = select_reflections(dataset, rule)
+    listed = np.all(hkl == np.array(target), axis=1) | np.all(hkl == [0, 0, 8], axis=1)
+    assert listed.sum() >= 2 and not selection.used[listed].any()
+    assert set(selection.reason[listed]) == {"omitted by hand (selection.omit)"}
+    # nothing else changes: not the equivalents, not the other rows
+    assert np.array_equal(selection.used[~listed], plain.used[~listed])
+    assert "not omitted by hand (" in selection.rule and "0 0 8" in selection.rule
+
+
+def test_an_omitted_reflection_the_data_lack_is_reported_and_origin_refused():
+    _, dataset = _load("quartz")
+    with pytest.warns(UserWarning, match="selection.omit lists 0 0 99, which no row"):
+        select_reflections(dataset, SelectionRule(omit=[(0, 0, 99)]))
+    with pytest.raises(ValidationError, match="0 0 0"):
+        SelectionRule(omit=[(0, 0, 0)])
+    with pytest.raises(ValidationError):
+        SelectionRule(omit=[(1, 2)])
 
 
 def test_continuous_rotation_samples_turn_about_the_goniometer_axis():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SelectionRule(BaseModel):
@@ -25,6 +25,10 @@ class SelectionRule(BaseModel):
       within ``crossing_max`` · Δ of the frame's rotation angle (and RSg ≤ ``rsg_max``
       only when that is set).
 
+    ``omit`` lists reflections h k l left out by hand, as SHELXL's OMIT h k l does: every
+    row of exactly these indices (not their symmetry equivalents), in every frame. It is
+    empty by default; blochnet never leaves a measured reflection out on its own.
+
     Every excluded observation is counted with its reason.
     """
 
@@ -37,6 +41,17 @@ class SelectionRule(BaseModel):
     crossing_max: float = Field(
         1.0, gt=0, description="largest |φ_Bragg − α| / Δ of a whole-rocking-curve row"
     )
+    omit: list[tuple[int, int, int]] = Field(
+        default_factory=list,
+        description="reflections h k l left out of every frame (SHELXL's OMIT), e.g. [[0, 0, 8]]",
+    )
+
+    @field_validator("omit")
+    @classmethod
+    def _no_origin(cls, value: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        if (0, 0, 0) in value:
+            raise ValueError("0 0 0 is not a reflection that could be omitted")
+        return sorted(set(value))
 
     def rsg_limit(self, rocking: str = "frame") -> float | None:
         """The RSg limit applied in ``rocking`` mode (None: none)."""
@@ -50,6 +65,9 @@ class SelectionRule(BaseModel):
             parts.append(f"RSg = |s_g|/(|g|·Δ) ≤ {rsg:g}")
         if rocking == "integrated":
             parts.append(f"Bragg crossing within {self.crossing_max:g}·Δ of the frame angle")
+        if self.omit:
+            listed = ", ".join(" ".join(str(i) for i in h) for h in self.omit)
+            parts.append(f"not omitted by hand ({listed})")
         return " and ".join(parts)
 
 

@@ -29,6 +29,7 @@ a whole thickness scan) per frame is one tensor operation.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,19 @@ def select_reflections(
     if (limit := rule.rsg_limit(rocking)) is not None:
         reason[rsg > limit] = f"RSg > {limit:g}"
     reason[g_norm > rule.g_max] = f"|g| > {rule.g_max:g} Å⁻¹"
+    if rule.omit:
+        hkl = np.rint(dataset.reflections.hkl).astype(np.int64)
+        omitted = (hkl[:, None, :] == np.array(rule.omit, dtype=np.int64)[None]).all(-1).any(-1)
+        reason[omitted] = "omitted by hand (selection.omit)"
+        absent = [h for h in rule.omit if not (hkl == np.array(h)).all(-1).any()]
+        if absent:
+            listed = ", ".join(" ".join(str(i) for i in h) for h in absent)
+            warnings.warn(
+                f"{dataset.source or 'data set'}: selection.omit lists {listed}, which no row "
+                "of the data set has (indices as in the data file, symmetry equivalents not "
+                "included)",
+                stacklevel=2,
+            )
     reason[g_norm == 0] = "000 reflection"
     return ReflectionSelection(reason == "", reason, rsg, rule.describe(rocking))
 
