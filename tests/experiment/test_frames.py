@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import torch
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from blochnet.cli.main import app
