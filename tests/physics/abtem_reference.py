@@ -10,6 +10,11 @@ Crystal
     positions of ``ase.build.bulk("Si", "diamond", cubic=True)`` (origin on an atom),
     Debye–Waller B = 0, occupancy 1, neutral-atom scattering factors of Lobato & Van Dyck,
     Acta Cryst. A70 (2014) 636 (abTEM's ``"lobato"`` parametrisation), no absorption.
+    ``atoms=zinc_blende_atoms`` (with ``lattice_constant=LATTICE_CONSTANT_ZNS``) gives polar
+    zinc-blende ZnS (F-43m, Zn at the origin, S at ¼ ¼ ¼) instead; multislice builds its
+    potential from the atoms in real space, so it fixes the sign convention of U_g (a code
+    with the opposite sign reproduces the inverted crystal, S at ¾ ¾ ¾). The atoms'
+    cubic cell must have the lattice constant given (checked).
 
 Frames and beam direction
     Miller indices hkl and directions [uvw] refer to the conventional cubic cell; because
