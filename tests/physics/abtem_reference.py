@@ -229,6 +229,8 @@ def abtem_silicon_intensities(
         values are in ``exit_plane_thicknesses`` and ``exit_plane_intensities``).
     """
     cell_atoms = (atoms or silicon_atoms)(lattice_constant)
+    if not np.allclose(cell_atoms.cell.lengths(), lattice_constant, atol=1e-9):
+        raise ValueError("the atoms' cubic cell does not have the lattice constant given")
     thicknesses = np.atleast_1d(np.asarray(thicknesses, dtype=float))
     if thicknesses.ndim != 1 or np.any(thicknesses < 0):
         raise ValueError("thicknesses must be a 1-D sequence of non-negative values [Å]")
@@ -288,6 +290,29 @@ def zinc_blende_atoms(lattice_constant: float = LATTICE_CONSTANT_ZNS):
     from ase.build import bulk
 
     return bulk("ZnS", "zincblende", a=lattice_constant, cubic=True)
+
+
+def zinc_blende_cif(u_iso: float = 0.0, lattice_constant: float = LATTICE_CONSTANT_ZNS) -> str:
+    """The structure of :func:`zinc_blende_atoms` as CIF text for blochnet (F-43m, Uiso [Å²])."""
+    a = lattice_constant
+    return f"""data_zns
+_cell_length_a {a}
+_cell_length_b {a}
+_cell_length_c {a}
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_space_group_name_H-M_alt 'F -4 3 m'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_U_iso_or_equiv
+Zn1 Zn 0 0 0 {u_iso}
+S1 S 0.25 0.25 0.25 {u_iso}
+"""
 
 
 def _abtem_config():
@@ -373,8 +398,6 @@ def _orthogonal_cell(zone, frame, lattice_constant, cubic):
     from ase import Atoms
 
     rows = ZONE_FRAMES[tuple(int(v) for v in zone)]["cell"] * lattice_constant
-    if not np.allclose(cubic.cell.lengths(), lattice_constant, atol=1e-9):
-        raise ValueError("the atoms' cubic cell does not have the lattice constant given")
     n_rep = int(np.ceil(np.abs(rows).sum(axis=0).max() / lattice_constant)) + 1
     big = cubic.repeat((2 * n_rep,) * 3)
     big.translate(-n_rep * lattice_constant * np.ones(3))

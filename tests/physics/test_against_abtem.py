@@ -24,6 +24,7 @@ from abtem_reference import (  # noqa: E402
     abtem_silicon_intensities,
     beam_direction,
     zinc_blende_atoms,
+    zinc_blende_cif,
 )
 
 THICKNESS = [50.0, 100.0, 200.0, 300.0, 500.0]
@@ -51,25 +52,6 @@ def test_silicon_110_intensities_agree_with_abtem_bloch_waves(tilt_mrad):
     assert worst < 1e-3  # measured: 1.2e-4 on the zone axis, 8e-5 off it
 
 
-ZNS_CIF = f"""data_zns
-_cell_length_a {LATTICE_CONSTANT_ZNS}
-_cell_length_b {LATTICE_CONSTANT_ZNS}
-_cell_length_c {LATTICE_CONSTANT_ZNS}
-_cell_angle_alpha 90
-_cell_angle_beta 90
-_cell_angle_gamma 90
-_space_group_name_H-M_alt 'F -4 3 m'
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_U_iso_or_equiv
-Zn1 Zn 0 0 0 0
-S1 S 0.25 0.25 0.25 0
-"""
-
 #: Friedel-related pairs of the tilted ZnS [110] pattern (the (001) mirror of the zone maps
 #: hkl to hk-l, and the structure is polar along [001]: their intensities differ).
 POLAR_PAIRS = [((0, 0, 2), (0, 0, -2)), ((1, -1, 1), (1, -1, -1)), ((-1, 1, 1), (-1, 1, -1))]
@@ -93,7 +75,7 @@ def test_polar_zinc_blende_matches_abtem_multislice_and_not_its_inverse(tmp_path
         lattice_constant=LATTICE_CONSTANT_ZNS,
     )
     path = tmp_path / "zns.cif"
-    path.write_text(ZNS_CIF)
+    path.write_text(zinc_blende_cif())
     crystal = read_structure(path)
     direction = beam_direction((1, 1, 0), tilt)
     patterns = {

@@ -4,6 +4,7 @@ import gemmi
 import numpy as np
 import pytest
 import torch
+from abtem_reference import zinc_blende_cif
 
 from blochnet.io.cif import read_structure
 from blochnet.physics.beams import reciprocal_lattice_points
@@ -102,32 +103,12 @@ def test_potential_coefficients_scale_with_the_lorentz_factor_over_pi_volume(sha
     assert np.allclose(ratio.numpy(), expected, rtol=1e-7)
 
 
-ZNS_CIF = """data_zns
-_cell_length_a 5.4093
-_cell_length_b 5.4093
-_cell_length_c 5.4093
-_cell_angle_alpha 90
-_cell_angle_beta 90
-_cell_angle_gamma 90
-_space_group_name_H-M_alt 'F -4 3 m'
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_U_iso_or_equiv
-Zn1 Zn 0 0 0 0.01
-S1 S 0.25 0.25 0.25 0.01
-"""
-
-
 def test_fourier_synthesis_of_the_potential_peaks_on_the_atoms_not_their_inverses(tmp_path):
     """U(r) = Σ_g U_g exp(+2πi g·r) must put the S atoms of zinc blende at (¼ ¼ ¼), not at
     the empty tetrahedral holes (¾ ¾ ¾) of the inverted structure: the sign that decides
     polarity and hand in every dynamical calculation."""
     path = tmp_path / "zns.cif"
-    path.write_text(ZNS_CIF)
+    path.write_text(zinc_blende_cif(u_iso=0.01))
     model = CrystalModel(read_structure(path), voltage=200e3)
     hkl = torch.as_tensor(reciprocal_lattice_points(model.crystal.cell, 3.0))
     u = model.potential(hkl, model.atom_tensors(), real=False)
