@@ -10,6 +10,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def format_hkl_list(hkls) -> str:
+    """``"h k l, h k l, ..."`` for a list of Miller indices."""
+    return ", ".join(" ".join(str(int(i)) for i in h) for h in hkls)
+
+
 class SelectionRule(BaseModel):
     """Which observed reflections enter the comparison with the simulation.
 
@@ -66,8 +71,7 @@ class SelectionRule(BaseModel):
         if rocking == "integrated":
             parts.append(f"Bragg crossing within {self.crossing_max:g}·Δ of the frame angle")
         if self.omit:
-            listed = ", ".join(" ".join(str(i) for i in h) for h in self.omit)
-            parts.append(f"not omitted by hand ({listed})")
+            parts.append(f"not omitted by hand ({format_hkl_list(self.omit)})")
         return " and ".join(parts)
 
 

@@ -43,7 +43,7 @@ from blochnet.experiment.beam_plan import (
     frame_orientations,
     integrated_orientations,
 )
-from blochnet.experiment.config import SelectionRule, SimulationConfig
+from blochnet.experiment.config import SelectionRule, SimulationConfig, format_hkl_list
 from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.rocking import (
@@ -101,14 +101,14 @@ def select_reflections(
         reason[rsg > limit] = f"RSg > {limit:g}"
     reason[g_norm > rule.g_max] = f"|g| > {rule.g_max:g} Å⁻¹"
     if rule.omit:
+        omit = np.array(rule.omit, dtype=np.int64)
         hkl = np.rint(dataset.reflections.hkl).astype(np.int64)
-        omitted = (hkl[:, None, :] == np.array(rule.omit, dtype=np.int64)[None]).all(-1).any(-1)
-        reason[omitted] = "omitted by hand (selection.omit)"
-        absent = [h for h in rule.omit if not (hkl == np.array(h)).all(-1).any()]
-        if absent:
-            listed = ", ".join(" ".join(str(i) for i in h) for h in absent)
+        match = (hkl[:, None, :] == omit[None]).all(-1)  # (row, omitted hkl)
+        reason[match.any(1)] = "omitted by hand (selection.omit)"
+        if not match.any(0).all():
             warnings.warn(
-                f"{dataset.source or 'data set'}: selection.omit lists {listed}, which no row "
+                f"{dataset.source or 'data set'}: selection.omit lists "
+                f"{format_hkl_list(omit[~match.any(0)])}, which no row "
                 "of the data set has (indices as in the data file, symmetry equivalents not "
                 "included)",
                 stacklevel=2,
