@@ -335,7 +335,10 @@ def refine_config(
     return RefineConfig(
         simulation=case.simulation(),
         thickness=ThicknessConfig(
-            kind=kind, t0=t0, n_samples=case.n_samples, seed=seed, shape=shape
+            kind=kind,
+            t0=t0,
+            seed=seed,
+            **({"n_samples": case.n_samples, "shape": shape} if kind == "neural" else {}),
         ),
         learning_rates=LearningRates(
             xyz=5e-4, adp=3e-4, orientation=0.0, thickness=3e-3 if network else 1e-2

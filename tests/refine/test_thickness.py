@@ -315,7 +315,8 @@ def test_bad_options_are_reported_as_configuration_errors():
 
 def test_config_builds_every_kind_and_forbids_unknown_fields():
     for kind in KINDS:
-        model = ThicknessConfig(kind=kind, t0=T0, n_samples=8, n_grid=16).build(ANGLES)
+        options = {"neural": {"n_samples": 8}, "neural-grid": {"n_grid": 16}}.get(kind, {})
+        model = ThicknessConfig(kind=kind, t0=T0, **options).build(ANGLES)
         samples, _ = model()
         assert samples.shape[1] == {"neural": 8, "neural-grid": 16}.get(kind, 1)
         np.testing.assert_allclose(model.summary()["mean"], T0, rtol=0.02)
@@ -376,3 +377,31 @@ def test_flexible_shape_moves_to_the_gpu():
     samples, _ = model()
     assert samples.is_cuda
     np.testing.assert_allclose(model.summary()["flatness"], 0.5, atol=2e-3)
+
+
+def test_default_grid_reaches_from_a_wedge_edge_to_beyond_twice_the_start():
+    model = ThicknessConfig().build(ANGLES, t0=800.0)
+    assert isinstance(model, NeuralGridThickness)
+    np.testing.assert_allclose(model.grid.numpy()[[0, -1]], [40.0, 2000.0])
+    np.testing.assert_allclose(model.summary()["mean"], 800.0, rtol=0.02)
+    per_frame_start = np.linspace(600.0, 900.0, len(ANGLES))
+    grid = NeuralGridThickness(ANGLES, t0=per_frame_start).grid.numpy()
+    np.testing.assert_allclose(grid[[0, -1]], [30.0, 2250.0])
+    explicit = ThicknessConfig(t_range=(100.0, 1500.0)).build(ANGLES, t0=800.0)
+    np.testing.assert_allclose(explicit.grid.numpy()[[0, -1]], [100.0, 1500.0])
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"shape": "flexible"}, "shape"),  # the default kind is neural-grid
+        ({"kind": "neural", "n_grid": 16}, "n_grid"),
+        ({"kind": "frame", "hidden": (8,)}, "hidden"),
+        ({"kind": "global", "degree": 3}, "degree"),
+    ],
+)
+def test_a_setting_the_kind_does_not_use_is_refused_by_name(settings, named):
+    with pytest.raises(pydantic.ValidationError, match=f"does not use {named}"):
+        ThicknessConfig(**settings)
+    dumped = ThicknessConfig(kind=settings.get("kind", "neural-grid")).model_dump()
+    assert ThicknessConfig.model_validate(dumped).kind == dumped["kind"]  # defaults read back

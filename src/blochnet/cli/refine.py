@@ -11,8 +11,9 @@ import typer
 _HELP = """Refine STRUCTURE against one or more 3D-ED data sets (.cif_pets).
 
 Coordinates and ADPs (through the site-symmetry constraints), per-frame orientation
-corrections and a thickness model per data set (default: the neural thickness distribution)
-are fitted together by Adam through the Bloch-wave simulation, minimising weighted least
+corrections and a thickness model per data set (default: a learned distribution of
+thicknesses per frame, on a grid, predicted by a small network from the frame angle) are
+fitted together by Adam through the Bloch-wave simulation, minimising weighted least
 squares on intensities with the frame scales in closed form. Outputs in --out:
 config.json (the resolved configuration), checkpoint.pt (every few epochs; --resume
 continues from it), report.json, refined.cif and observations.csv (every compared

@@ -10,8 +10,10 @@ What the user set in the configuration is kept; the rest is chosen here and repo
   taken when the two differ by more than ``TOLERANCE`` (weighted rms, frame scales
   refitted). The intensities compared are means over thicknesses ``SPREAD`` × the
   starting thickness: the range a thickness distribution started there reaches in a
-  refinement (its default width bound is half the start, and its samples reach ±2.2
-  widths). Thick samples set the sampling a rocking curve needs (its width in |s_g| is
+  refinement (the Gaussian model's default width bound is half the start, and its
+  samples reach ±2.2 widths; the grid model's grid reaches 2.5× the start, but weight
+  beyond twice the start is simulated with a sampling checked only up to twice the
+  start). Thick samples set the sampling a rocking curve needs (its width in |s_g| is
   about 1/t), so a check at the starting thickness alone can pass a rotation step that
   aliases the rocking curves of the thicker parts. Each failed check takes the finer
   settings; a refined sampling is checked in turn (up to ``SAMPLING_CHECKS`` checks; its

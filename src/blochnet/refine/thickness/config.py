@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from blochnet.errors import ConfigurationError
 from blochnet.refine.networks import network_directions
@@ -76,10 +76,17 @@ class ThicknessConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: ThicknessKind = "neural"
+    kind: ThicknessKind = Field(
+        "neural-grid",
+        description="neural-grid: a learned distribution per frame on a fixed thickness "
+        "grid; neural: the paper's Gaussian (or flexible) distribution per frame; profile, "
+        "frame, global: one thickness per frame, smooth in the angle, free, or shared",
+    )
     t0: float | None = Field(None, gt=0, description="starting thickness [Å]; None: auto")
     t_range: tuple[float, float] | None = Field(
-        None, description="range of the mean (neural) or of the grid (neural-grid) [Å]"
+        None,
+        description="range of the mean (neural; None: t0/2 to 2·t0) or of the grid "
+        "(neural-grid; None: t0/20 to 2.5·t0) [Å]",
     )
     width_range: tuple[float, float] | None = Field(
         None, description="range of σ [Å]; None: (1, half the starting thickness)"
@@ -106,6 +113,30 @@ class ThicknessConfig(BaseModel):
         if bounds is not None and not 0 < bounds[0] < bounds[1]:
             raise ValueError("must be (lo, hi) with 0 < lo < hi")
         return bounds
+
+    @model_validator(mode="after")
+    def _options_of_the_kind(self) -> ThicknessConfig:
+        """A setting the chosen kind does not use is refused, not ignored (at its default
+        value it is accepted, so a full dump of a configuration reads back)."""
+        used = {
+            "neural": {"width_range", "n_samples", "shape", "nodes"},
+            "neural-grid": {"n_grid"},
+            "profile": {"degree"},
+        }
+        only = set().union(*used.values()) - used.get(self.kind, set())
+        if self.kind not in ("neural", "neural-grid"):
+            only |= {"t_range", "hidden", "activation", "use_directions"}
+        fields = type(self).model_fields
+        unused = sorted(
+            key
+            for key in only & self.model_fields_set
+            if getattr(self, key) != fields[key].get_default(call_default_factory=True)
+        )
+        if unused:
+            owners = {key: kind for kind, keys in used.items() for key in keys}
+            hint = ", ".join(f"{key} ({owners.get(key, 'neural kinds')})" for key in unused)
+            raise ValueError(f"kind {self.kind!r} does not use {hint}; set kind to one that does")
+        return self
 
     def build(
         self,

@@ -147,13 +147,19 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         return out
 
 
+GRID_SPAN = (0.05, 2.5)  # default grid of NeuralGridThickness, × the starting thickness
+
+
 class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
     """Per-frame thickness distribution on a fixed grid, weights predicted by an MLP.
 
     Parameters
     ----------
-    grid : (t_min, t_max) or (t_min, t_max, n_grid) [Å]; defaults as ``t_range`` of
-        :class:`NeuralGaussianThickness`; ``n_grid`` points when ``grid`` does not say.
+    grid : (t_min, t_max) or (t_min, t_max, n_grid) [Å]; default ``GRID_SPAN`` × the
+        starting thickness, (t0/20, 2.5·t0) (t0 the smallest and largest start; without
+        t0 the middle of 300–1100 Å): from a wedge's thin edge to beyond twice the mean,
+        so a flat distribution from near 0 to 2·t0 and two populations either side of t0
+        are both on the grid. ``n_grid`` points when ``grid`` does not say.
     width0 : width of the starting bump [Å]; default max(5 % of t0, grid spacing).
     floor : share of the starting weights spread evenly over the grid, 0 < floor < 1.
     Others as for :class:`NeuralGaussianThickness`.
@@ -189,9 +195,11 @@ class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
             n_grid = int(grid[2])
         if n_grid < 2 or not 0 < floor < 1:
             raise ConfigurationError(f"need n_grid ≥ 2 and 0 < floor < 1: {n_grid}, {floor}")
-        t_range = None if grid is None else (grid[0], grid[1])
+        if grid is None:
+            t0 = per_frame(np.mean(DEFAULT_T_RANGE) if t0 is None else t0, self.n_frames, "t0")
+            grid = (GRID_SPAN[0] * float(t0.min()), GRID_SPAN[1] * float(t0.max()))
         t0, (lo, hi) = start_and_range(
-            t0, t_range, self.n_frames, default=DEFAULT_T_RANGE, inclusive=True
+            t0, (grid[0], grid[1]), self.n_frames, default=DEFAULT_T_RANGE, inclusive=True
         )
         points = np.linspace(lo, hi, n_grid)
         w0 = np.maximum(0.05 * t0, points[1] - points[0]) if width0 is None else width0
