@@ -16,9 +16,11 @@ thicknesses per frame, on a grid, predicted by a small network from the frame an
 fitted together by Adam through the Bloch-wave simulation, minimising weighted least
 squares on intensities with the frame scales in closed form. Outputs in --out:
 config.json (the resolved configuration), checkpoint.pt (every few epochs; --resume
-continues from it), report.json, refined.cif and observations.csv (every compared
-observation with Io, σ and the scaled Ic). --config FILE.toml sets anything of the
-configuration (unknown keys are refused); --example quartz refines the bundled quartz data.
+continues from it), report.json, refined.cif, observations.csv (every compared
+observation with Io, σ and the scaled Ic), thickness.csv (every frame's thickness
+distribution) and, with matplotlib installed, refinement.png (blochnet plot DIR redraws
+it). --config FILE.toml sets anything of the configuration (unknown keys are refused);
+--example quartz refines the bundled quartz data.
 """
 
 
@@ -115,7 +117,15 @@ def refine(
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
         + (f"partial charges (e): {charges}\n" if charges else "")
         + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
-        + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv"
+        + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv, "
+        f"{out}/thickness.csv"
+        + (f", {out}/{r['figure']}" if r["figure"] else "")
+        + (
+            ""
+            if r["figure"] or not settings.plot
+            else "\n(no refinement.png: matplotlib is not installed; pip install matplotlib, "
+            f"then blochnet plot {out})"
+        )
     )
 
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_bytes_atomically`."""
+    return write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     An existing file keeps its permission bits; a new one gets 0644 less the umask. On any
     error the temporary file is removed and ``path`` is left as it was.
@@ -22,11 +27,11 @@ def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
         os.umask(umask)
         mode = 0o666 & ~umask
     handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
     )
     try:
         with handle:
-            handle.write(text)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(handle.name, mode)

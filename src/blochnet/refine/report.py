@@ -1,4 +1,5 @@
-"""Outputs of a refinement: ``report.json``, ``refined.cif`` and ``observations.csv``."""
+"""Outputs of a refinement: ``report.json``, ``refined.cif``, ``observations.csv``, and
+``thickness.csv`` and ``refinement.png`` (:mod:`blochnet.refine.figures`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ import torch
 from torch import nn
 
 from blochnet.crystal import UIJ_NAMES, Crystal
-from blochnet.io.atomic import write_text_atomically
+from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.lattice import uij_to_cartesian
+from blochnet.refine.figures import (
+    FIGURE,
+    dataset_name,
+    draw_refinement,
+    matplotlib_available,
+    thickness_table,
+    write_thickness_csv,
+)
 from blochnet.refine.objective import joint_figures_of_merit
 
 
@@ -59,9 +68,11 @@ def write_report(
     su: dict | None = None,
     absolute_structure: dict | None = None,
 ) -> dict:
-    """Write ``report.json``, ``refined.cif`` and ``observations.csv`` (every compared
-    observation with its calculated intensity, as SHELXL's .fcf) to ``out``; return the
-    report, which lists the most disagreeable observations.
+    """Write ``report.json``, ``refined.cif``, ``observations.csv`` (every compared
+    observation with its calculated intensity, as SHELXL's .fcf), ``thickness.csv`` (every
+    frame's thickness distribution) and, with ``config.plot`` and matplotlib,
+    ``refinement.png`` to ``out``; return the report, which lists the most disagreeable
+    observations.
 
     ``absolute_structure``: the record of the hand refined (see
     :mod:`blochnet.refine.absolute`), with ``inverse_of_refined`` (the R values of the
@@ -78,6 +89,9 @@ def write_report(
         thickness = objective.thickness.summary()
         scales = objective.scored("all", last=True)["scales"]
         fm = joint_figures_of_merit([objective], subset="all", last=True)
+        fitted = np.bincount(
+            objective.frame[objective.fit].cpu().numpy(), minlength=objective.n_frames
+        )
         rotations = objective.rotations()
         rotation = (
             rotations.detach().cpu().numpy()
@@ -87,8 +101,10 @@ def write_report(
         for f, frame_id in enumerate(objective.simulator.dataset.frames.id):
             frames.append(
                 {
-                    "dataset": objective.simulator.dataset.source,
+                    "dataset": dataset_name(objective),
                     "id": int(frame_id),
+                    "alpha_deg": float(objective.simulator.dataset.frames.alpha[f]),
+                    "held_out": bool(fitted[f] == 0),
                     # mean, width and whatever else the model reports (e.g. flatness)
                     **{f"thickness_{key}": float(v[f]) for key, v in thickness.items()},
                     "scale": float(scales[f]),
@@ -126,10 +142,15 @@ def write_report(
         "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
         "conditional on the refined thickness model and orientations",
         "wall_time_s": wall_time,
+        "figure": FIGURE if config.plot and matplotlib_available() else None,
         "config": json.loads(config.model_dump_json()),
     }
     report = json.loads(json.dumps(report, default=_finite))
+    thickness = thickness_table(model.objectives)
+    write_thickness_csv(thickness, out / "thickness.csv")
     write_text_atomically(out / "observations.csv", _csv(table))
+    if report["figure"]:
+        write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
     write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_structure(crystal, out / "refined.cif", refinement={
         "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
@@ -158,7 +179,7 @@ def _observation_table(objectives) -> dict[str, np.ndarray]:
         n = len(i_obs)
         hkl = ds.reflections.hkl[sim.used_rows]
         parts.append({
-            "dataset": np.full(n, str(ds.source or "data set"), dtype=object),
+            "dataset": np.full(n, dataset_name(objective), dtype=object),
             "frame": ds.frames.id[scored["frame"].cpu().numpy()],
             "h": hkl[:, 0], "k": hkl[:, 1], "l": hkl[:, 2],
             "i_obs": i_obs, "sigma": sigma,

@@ -136,6 +136,11 @@ class RefineConfig(BaseModel):
     )
     checkpoint_every: int = Field(5, ge=1)
     seed: int = 0
+    plot: bool = Field(
+        True,
+        description="draw refinement.png (thickness distributions, per-frame R and scale, "
+        "Io against Ic, convergence) when matplotlib is installed (the plot extra)",
+    )
 
 
 class Refinement(nn.Module):
@@ -259,7 +264,8 @@ def refine(
 
     Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
     ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json``,
-    ``refined.cif`` and ``observations.csv``, each atomically. With ``config.auto_setup``,
+    ``refined.cif``, ``observations.csv``, ``thickness.csv`` and (with matplotlib)
+    ``refinement.png``, each atomically. With ``config.auto_setup``,
     settings the configuration leaves open are first chosen from the data
     (:mod:`blochnet.refine.setup`; each choice is passed to ``setup_report``) and saved in
     ``config.json``; the stages after the epochs (the s.u.) are announced through
