@@ -146,3 +146,18 @@ def test_no_figure_without_matplotlib_or_with_plot_off(monkeypatch, tmp_path):
     assert not (tmp_path / "none" / figures.FIGURE).exists()
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "none")])
     assert result.exit_code == EXIT_USER_ERROR and "matplotlib" in result.output
+
+
+def test_a_damaged_table_is_named_with_its_line_and_column(refined, tmp_path):
+    out, _, _ = refined
+    for name in ("report.json", "thickness.csv"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    lines = (out / "observations.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index("i_calc")] = "n/a"
+    lines[3] = ",".join(cells)
+    (tmp_path / "observations.csv").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert result.exit_code == EXIT_USER_ERROR
+    assert "observations.csv" in result.output and "line 4, column i_calc" in result.output

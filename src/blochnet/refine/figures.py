@@ -103,11 +103,25 @@ def _read_csv(path: Path, needed: set[str]) -> dict[str, np.ndarray]:
     out = {}
     for key in reader.fieldnames:
         values = [r[key] for r in rows]
+        if key == "dataset":  # a name, even when it looks like a number
+            out[key] = np.array(values, dtype=object)
+            continue
         try:
             out[key] = np.array(values, dtype=float)
         except ValueError:
-            out[key] = np.array(values, dtype=object)
+            line = next(i for i, v in enumerate(values, start=2) if not _is_number(v))
+            where = f"line {line}, column {key}"
+            found = values[line - 2]
+            raise InputFileError(path, where, f"expected a number, found {found!r}") from None
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def draw_refinement(report: dict, observations: dict, thickness: dict) -> bytes:
