@@ -117,12 +117,8 @@ from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.evaluate import evaluate
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
-from blochnet.experiment.synthetic import (
-    GeneratedGeometry,
-    NoiseModel,
-    WedgeThickness,
-    simulate_experiment,
-)
+from blochnet.experiment.specimen import WedgeThickness
+from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 from blochnet.io.cif import read_structure
 from blochnet.physics.lattice import direct_matrix
 from blochnet.physics.symmetry import site_constraints

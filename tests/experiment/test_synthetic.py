@@ -17,13 +17,15 @@ from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.frames import FrameSimulator, select_reflections
 from blochnet.experiment.geometry import rotation, u_matrix, zone_axis_deviation
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
-from blochnet.experiment.synthetic import (
+from blochnet.experiment.specimen import (
     ConstantThickness,
-    GeneratedGeometry,
-    NoiseModel,
     PerFrameThickness,
     SampledThickness,
     WedgeThickness,
+)
+from blochnet.experiment.synthetic import (
+    GeneratedGeometry,
+    NoiseModel,
     simulate_experiment,
     truth_crystal,
     truth_path,

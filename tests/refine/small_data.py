@@ -3,12 +3,8 @@
 import torch
 
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.synthetic import (
-    ConstantThickness,
-    GeneratedGeometry,
-    NoiseModel,
-    simulate_experiment,
-)
+from blochnet.experiment.specimen import ConstantThickness
+from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 
 SIMULATION = SimulationConfig(
     n_tilts=3, g_max=1.5, sg_max=0.03, selection=SelectionRule(g_max=1.1, rsg_max=1.0)

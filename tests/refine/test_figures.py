@@ -166,19 +166,15 @@ def test_a_damaged_table_is_named_with_its_line_and_column(refined, tmp_path):
 def test_a_near_zero_intensity_does_not_stretch_the_intensity_axes():
     """Ten thousand intensities between 10 and 1e5 and one of 1e-6: the axes start near
     10, not at 1e-6, and the outlier is counted as drawn on the edge."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rng = np.random.default_rng(0)
     i_calc = 10 ** rng.uniform(1, 5, 10_000)
     i_obs = i_calc * rng.normal(1, 0.05, i_calc.size)
     i_obs[17] = 1e-6
     table = {"i_obs": i_obs, "i_calc": i_calc, "observed": np.ones_like(i_obs)}
-    fig, ax = plt.subplots()
+    ax = Figure().subplots()
     figures._observation_panel(ax, table)
     low, high = ax.get_ylim()
-    plt.close(fig)
     assert 2 < low < 10 and high > 1e5
     assert "1 below the range" in ax.get_title()

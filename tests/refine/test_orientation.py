@@ -11,7 +11,8 @@ from blochnet.errors import ConfigurationError
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.geometry import beam_directions
-from blochnet.experiment.synthetic import ConstantThickness, GeneratedGeometry, simulate_experiment
+from blochnet.experiment.specimen import ConstantThickness
+from blochnet.experiment.synthetic import GeneratedGeometry, simulate_experiment
 from blochnet.io.cif import read_structure
 from blochnet.refine.engine import optimise_adam
 from blochnet.refine.orientation import (

@@ -15,12 +15,8 @@ from blochnet.cli.main import app
 from blochnet.errors import ConfigurationError
 from blochnet.examples import example_path
 from blochnet.experiment.merit import optimal_scales
-from blochnet.experiment.synthetic import (
-    ConstantThickness,
-    GeneratedGeometry,
-    NoiseModel,
-    simulate_experiment,
-)
+from blochnet.experiment.specimen import ConstantThickness
+from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.crystal_model import CrystalModel

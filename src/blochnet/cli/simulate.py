@@ -192,19 +192,19 @@ def _settings(cls, **values):
 
 
 def _thickness(value, wedge, law, distribution, samples):
-    from blochnet.experiment import synthetic
+    from blochnet.experiment import specimen
 
     if value is not None and wedge is not None:
         raise ConfigurationError("give --thickness or --thickness-wedge, not both")
     if wedge is None:
         if samples is not None:
             raise ConfigurationError("--samples needs --thickness-wedge")
-        return _settings(synthetic.ConstantThickness, value=500.0 if value is None else value)
+        return _settings(specimen.ConstantThickness, value=500.0 if value is None else value)
     start, end, spread = wedge
     options = dict(law=law.value.replace("-", "_"), distribution=distribution.value)
     options |= {} if samples is None else {"samples": samples}
     return _settings(
-        synthetic.WedgeThickness, mean_start=start, mean_end=end, spread=spread, **options
+        specimen.WedgeThickness, mean_start=start, mean_end=end, spread=spread, **options
     )
 
 

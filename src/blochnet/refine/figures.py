@@ -228,7 +228,7 @@ def _observation_panel(ax, table) -> None:
     i_obs, i_calc = table["i_obs"].astype(float), table["i_calc"].astype(float)
     observed = table["observed"].astype(float) > 0
     shown = (i_obs > 0) & (i_calc > 0)
-    lo, hi, edge = 1.0, 10.0, 0
+    edge = 0
     if shown.any():
         values = np.concatenate([i_calc[shown], i_obs[shown]])
         # a few near-zero intensities would stretch the axes over decades of nothing:
@@ -237,6 +237,7 @@ def _observation_panel(ax, table) -> None:
         edge = int((shown & ((i_calc < lo) | (i_obs < lo))).sum())
         i_calc, i_obs = np.maximum(i_calc, lo), np.maximum(i_obs, lo)
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+        ax.set(xlim=(lo / 1.5, hi * 1.5), ylim=(lo / 1.5, hi * 1.5))
     for mask, colour, label, size in (
         (shown & ~observed, "0.65", "Io ≤ 3σ", 3),
         (shown & observed, "tab:blue", "Io > 3σ", 4),
@@ -244,7 +245,6 @@ def _observation_panel(ax, table) -> None:
         ax.scatter(i_calc[mask], i_obs[mask], s=size, color=colour, alpha=0.5, lw=0,
                    label=f"{label} ({int(mask.sum())})", rasterized=True)  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="scaled Ic", ylabel="Io")
-    ax.set(xlim=(lo / 1.5, hi * 1.5), ylim=(lo / 1.5, hi * 1.5))
     hidden = int((~shown).sum())
     title = f"(c) Io against scaled Ic ({hidden} with Io ≤ 0 or Ic ≤ 0 not shown"
     title += f"; {edge} below the range on its edge)" if edge else ")"
