@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from blochnet.experiment.config import SimulationConfig
+from blochnet.io import strict_json
 
 _DEFAULT = SimulationConfig()
 
@@ -96,7 +96,7 @@ def evaluate(
             crystal, dataset, grid, simulator=simulator, progress=lambda n: bar.advance(task, n)
         )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=1))
+        typer.echo(strict_json.dumps(result.to_dict(), indent=1))
         return
     _print(result, dataset, Console())
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from blochnet.crystal import UIJ_NAMES, Crystal
+from blochnet.io import strict_json
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.lattice import uij_to_cartesian
@@ -145,13 +146,13 @@ def write_report(
         "figure": FIGURE if config.plot and matplotlib_available() else None,
         "config": json.loads(config.model_dump_json()),
     }
-    report = json.loads(json.dumps(report, default=_finite))
+    report = strict_json.strict(report)
     thickness = thickness_table(model.objectives)
     write_thickness_csv(thickness, out / "thickness.csv")
     write_text_atomically(out / "observations.csv", _csv(table))
     if report["figure"]:
         write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
-    write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
     write_structure(crystal, out / "refined.cif", refinement={
         "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
         "n_reflections": merit.n_all, "n_parameters": n_parameters, "n_obs": merit.n_obs,

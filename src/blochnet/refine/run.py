@@ -25,6 +25,7 @@ from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.evaluate import structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions
+from blochnet.io import strict_json
 from blochnet.io.atomic import write_text_atomically
 from blochnet.refine.absolute import (
     AbsoluteStructure,
@@ -320,7 +321,7 @@ def refine(
         "starting_thickness": starts,
         "absolute_structure": hand.to_dict(),
     }
-    write_text_atomically(resolved, json.dumps(record, indent=1) + "\n")
+    write_text_atomically(resolved, strict_json.dumps(record, indent=1) + "\n")
     model = build_refinement(crystal, datasets, config, dtype=dtype, device=device, starts=starts)
     sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
     rates = config.learning_rates.model_dump()
