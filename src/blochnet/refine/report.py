@@ -17,7 +17,7 @@ from torch import nn
 from blochnet.crystal import UIJ_NAMES, Crystal
 from blochnet.io import strict_json
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
-from blochnet.io.cif_write import write_structure
+from blochnet.io.cif_write import program_version
 from blochnet.physics.lattice import uij_to_cartesian
 from blochnet.refine.figures import (
     FIGURE,
@@ -28,6 +28,7 @@ from blochnet.refine.figures import (
     write_thickness_csv,
 )
 from blochnet.refine.objective import joint_figures_of_merit
+from blochnet.refine.results import write_results
 
 
 def refined_crystal(structure, su: dict | None = None) -> Crystal:
@@ -146,6 +147,19 @@ def write_report(
         "figure": FIGURE if config.plot and matplotlib_available() else None,
         "config": json.loads(config.model_dump_json()),
     }
+    refinement = {
+        "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
+        "n_reflections": merit.n_all, "n_parameters": n_parameters, "n_obs": merit.n_obs,
+        "wavelength": first.simulator.dataset.wavelength,
+        "details": f"blochnet dynamical refinement; {first.simulator.selection.rule}; "
+                   f"thickness model {config.thickness.kind}",
+        "abs_structure_details": _absolute_text(absolute_structure, merit),
+    }  # fmt: skip
+    names = [dataset_name(o) for o in model.objectives]
+    report |= write_results(
+        model, crystal, out, names=names, config=config, su=su, refinement=refinement,
+        version=program_version(),
+    )  # fmt: skip
     report = strict_json.strict(report)
     thickness = thickness_table(model.objectives)
     write_thickness_csv(thickness, out / "thickness.csv")
@@ -153,14 +167,6 @@ def write_report(
     if report["figure"]:
         write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
     write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
-    write_structure(crystal, out / "refined.cif", refinement={
-        "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
-        "n_reflections": merit.n_all, "n_parameters": n_parameters, "n_obs": merit.n_obs,
-        "wavelength": first.simulator.dataset.wavelength,
-        "details": f"blochnet dynamical refinement; {first.simulator.selection.rule}; "
-                   f"thickness model {config.thickness.kind}",
-        "abs_structure_details": _absolute_text(absolute_structure, merit),
-    })  # fmt: skip
     return report
 
 
