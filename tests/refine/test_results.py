@@ -8,10 +8,15 @@ import gemmi
 import numpy as np
 import pytest
 from small_data import SIMULATION, small_quartz_frames
+from typer.testing import CliRunner
 
+from blochnet.cli.main import app
 from blochnet.crystal import Atom, Cell, Crystal, SymOp
 from blochnet.examples import example_path
 from blochnet.io.cif import parse_number, read_structure
+from blochnet.io.pets import read_pets
+from blochnet.io.pets_write import write_pets
+from blochnet.refine.end_state import load_end_state, rescore
 from blochnet.refine.geometry import bonds_and_angles
 from blochnet.refine.merging import merge
 from blochnet.refine.run import LearningRates, RefineConfig, refine
@@ -30,7 +35,9 @@ _refine_ls_wR_factor_ref _refine_ls_goodness_of_fit_ref _diffrn_radiation_wavele
 @pytest.fixture(scope="module")
 def refined(tmp_path_factory):
     crystal = read_structure(example_path("quartz"))
-    dataset = small_quartz_frames(crystal, seed=3)
+    out = tmp_path_factory.mktemp("refined")
+    write_pets(small_quartz_frames(crystal, seed=3), out / "small.cif_pets")
+    dataset = read_pets(out / "small.cif_pets")  # a file, as a user's data
     config = RefineConfig(
         simulation=SIMULATION,
         epochs=3,
@@ -39,8 +46,7 @@ def refined(tmp_path_factory):
         auto_setup=False,
         plot=False,
     )
-    out = tmp_path_factory.mktemp("refined")
-    return refine(crystal, [dataset], out, config), dataset
+    return refine(crystal, [dataset], out / "run", config), dataset
 
 
 def _refuse(token):
@@ -165,3 +171,24 @@ def test_report_names_each_data_set_with_its_frame_wise_and_merged_r(refined):
     assert entry["r_obs"] == pytest.approx(result.report["r_obs"])
     assert entry["merged"]["n_unique"] > 0
     assert 0 <= result.report["merged"]["r_int"] < 2
+
+
+R_KEYS = ("r_obs", "r_all", "wr2", "gof", "r_obs_frame_mean")
+
+
+def test_saved_end_state_reproduces_the_final_r_values_to_1e_6(refined):
+    result, dataset = refined
+    again = rescore(load_end_state(result.out_dir), [dataset])["pooled"]
+    for key in R_KEYS:
+        assert again[key] == pytest.approx(result.report[key], abs=1e-6), key
+    # the rounded CIF alone would not: the end state is what carries the final numbers
+
+
+def test_evaluate_given_the_output_folder_prints_the_reproduced_r_values(refined):
+    result, _ = refined
+    run = CliRunner().invoke(app, ["evaluate", str(result.out_dir), "--json"])
+    assert run.exit_code == 0, run.output
+    printed = json.loads(run.output, parse_constant=_refuse)
+    for key in R_KEYS:
+        assert printed["pooled"][key] == pytest.approx(result.report[key], abs=1e-6)
+        assert printed["recorded"][key] == pytest.approx(result.report[key], abs=1e-12)

@@ -19,6 +19,7 @@ from blochnet.io import strict_json
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
 from blochnet.io.cif_write import program_version
 from blochnet.physics.lattice import uij_to_cartesian
+from blochnet.refine.end_state import save_end_state
 from blochnet.refine.figures import (
     FIGURE,
     dataset_name,
@@ -161,6 +162,8 @@ def write_report(
         version=program_version(),
     )  # fmt: skip
     report = strict_json.strict(report)
+    r_values = {k: report[k] for k in ("r_obs", "r_all", "wr2", "gof", "r_obs_frame_mean")}
+    save_end_state(model, crystal, out, r_values=r_values, n_parameters=n_parameters)
     thickness = thickness_table(model.objectives)
     write_thickness_csv(thickness, out / "thickness.csv")
     write_text_atomically(out / "observations.csv", _csv(table))
