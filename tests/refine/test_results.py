@@ -192,3 +192,15 @@ def test_evaluate_given_the_output_folder_prints_the_reproduced_r_values(refined
     for key in R_KEYS:
         assert printed["pooled"][key] == pytest.approx(result.report[key], abs=1e-6)
         assert printed["recorded"][key] == pytest.approx(result.report[key], abs=1e-12)
+
+
+def test_report_lists_unique_difference_peaks_away_from_atoms_and_the_map_opens(refined):
+    result, _ = refined
+    diff = result.report["difference_map"]
+    grid = gemmi.read_ccp4_map(str(result.out_dir / diff["file"])).grid
+    values = np.array(grid.array)
+    assert diff["rms"] == pytest.approx(np.sqrt(np.mean(values**2)), rel=1e-5)
+    heights = [p["height"] for p in diff["peaks"]]
+    assert heights == sorted(heights, reverse=True)
+    assert all(p["distance"] >= 0.5 for p in diff["peaks"])
+    assert {"xyz", "height", "nearest_atom", "distance"} <= set(diff["peaks"][0])

@@ -38,8 +38,8 @@ NOT_APPLICABLE = [
     "  decided by R of the structure against its inverse (see details below).",
     "_refine_ls_R_Fsqd_factor, _refine_ls_wR_factor_gt: not computed; R1, R(all) and",
     "  wR2 are over frame-wise observations (the same hkl in several frames).",
-    "_refine_diff_density_*: written only with a difference map; in units of the",
-    "  map (see report.json, difference_map), not e/A^3.",
+    "_refine_diff_density_*: of the difference potential map (difference_map.ccp4),",
+    "  in volts, not e/A^3 (see report.json, difference_map).",
 ]
 
 

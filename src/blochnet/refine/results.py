@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from blochnet.crystal import Crystal
+from blochnet.crystal import Crystal, find_space_group
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.refine import refinement_cif as items
+from blochnet.refine.difference_map import map_outputs
 from blochnet.refine.merging import merge
 from blochnet.refine.objective import joint_figures_of_merit
 from blochnet.refine.reflections import (
@@ -60,8 +61,14 @@ def write_results(
     write_text_atomically(out / MERGED, write_csv(merged_table, MERGED_COLUMNS))
     write_text_atomically(out / FCF, fcf_text(table, merged_table, _stem(crystal)))
     pooled = _pooled(per_dataset)
-    _write_cif(model, crystal, out, table, config, su, refinement, version, pooled)
-    return {"datasets": per_dataset, "merged": pooled}
+    diff = None
+    if find_space_group(crystal.operators) is not None:
+        diff = map_outputs(
+            crystal, merged_table, out, voltage=model.objectives[0].simulator.dataset.voltage,
+            table=config.simulation.scattering,
+        )  # fmt: skip
+    _write_cif(model, crystal, out, table, config, su, refinement, version, pooled, diff)
+    return {"datasets": per_dataset, "merged": pooled, "difference_map": diff}
 
 
 def _pooled(per_dataset: list[dict]) -> dict:
@@ -72,7 +79,7 @@ def _pooled(per_dataset: list[dict]) -> dict:
     return {"per_dataset": [d["merged"] | {"name": d["name"]} for d in per_dataset]}
 
 
-def _write_cif(model, crystal, out, table, config, su, refinement, version, merged) -> None:
+def _write_cif(model, crystal, out, table, config, su, refinement, version, merged, diff):
     structure, type_loops = items.structure_items(crystal, scattering=config.simulation.scattering)
     d = np.asarray(table["d"], dtype=float)
     hkl = np.column_stack([table[c] for c in "hkl"])
@@ -102,6 +109,12 @@ def _write_cif(model, crystal, out, table, config, su, refinement, version, merg
         if r_int
         else ""
     )
+    if diff is not None:
+        rows |= {
+            "_refine_diff_density_max": f"{diff['max']:.3f}",
+            "_refine_diff_density_min": f"{diff['min']:.3f}",
+            "_refine_diff_density_rms": f"{diff['rms']:.3f}",
+        }
     refinement = refinement | {"details": f"{refinement.get('details', '')}\n{merged_text}".strip()}
     write_structure(
         crystal, out / "refined.cif",
