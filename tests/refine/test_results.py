@@ -204,3 +204,57 @@ def test_report_lists_unique_difference_peaks_away_from_atoms_and_the_map_opens(
     assert heights == sorted(heights, reverse=True)
     assert all(p["distance"] >= 0.5 for p in diff["peaks"])
     assert {"xyz", "height", "nearest_atom", "distance"} <= set(diff["peaks"][0])
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: any fetch would fail
+)  # fmt: skip
+
+
+def _chromium():
+    import shutil
+
+    return next(
+        (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))),
+        None,
+    )
+
+
+def test_report_html_is_one_file_that_fetches_nothing(refined):
+    import re
+
+    result, _ = refined
+    page = (result.out_dir / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page
+    for number in ("R1(obs)", "R_int", "Si1–O1", "peak 1"):
+        assert number in page
+
+
+def test_report_html_renders_in_headless_chromium_with_its_figures(refined, tmp_path):
+    import subprocess
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    result, _ = refined
+    url = (result.out_dir / "report.html").as_uri()
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, profile, "--dump-dom", url],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert dom.count("<img") >= 2 and dom.count("<table") >= 4
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, profile, f"--screenshot={shot}", "--window-size=1200,2400",
+         url],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] == 2400 and pixels[..., :3].std() > 0.05  # drawn, not blank

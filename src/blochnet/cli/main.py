@@ -30,7 +30,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
 # modules of blochnet.cli, each with register(app)
-_COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot")
+_COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot", "report")
 
 
 class _BlochnetGroup(TyperGroup):

@@ -77,6 +77,14 @@ def matplotlib_available() -> bool:
 def plot_directory(out: str | Path) -> Path:
     """Draw ``refinement.png`` in ``out`` from its ``report.json``, ``observations.csv``
     and ``thickness.csv``; return its path."""
+    report, observations, thickness = read_refinement_folder(out)
+    figure = draw_refinement(report, observations, thickness)
+    return write_bytes_atomically(Path(out) / FIGURE, figure)
+
+
+def read_refinement_folder(out: str | Path) -> tuple[dict, dict, dict]:
+    """``report.json``, ``observations.csv`` and ``thickness.csv`` of a refinement folder,
+    each refused with its file and place when damaged."""
     out = Path(out)
     files = {name: out / name for name in ("report.json", "observations.csv", "thickness.csv")}
     missing = [name for name, path in files.items() if not path.is_file()]
@@ -90,7 +98,7 @@ def plot_directory(out: str | Path) -> Path:
         ) from None
     observations = _read_csv(files["observations.csv"], {"i_obs", "i_calc", "sigma", "observed"})
     thickness = _read_csv(files["thickness.csv"], set(THICKNESS_COLUMNS))
-    return write_bytes_atomically(out / FIGURE, draw_refinement(report, observations, thickness))
+    return report, observations, thickness
 
 
 def _read_csv(path: Path, needed: set[str]) -> dict[str, np.ndarray]:

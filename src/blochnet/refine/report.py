@@ -28,6 +28,7 @@ from blochnet.refine.figures import (
     thickness_table,
     write_thickness_csv,
 )
+from blochnet.refine.html_report import write_html_report
 from blochnet.refine.objective import joint_figures_of_merit
 from blochnet.refine.results import write_results
 
@@ -170,6 +171,7 @@ def write_report(
     if report["figure"]:
         write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
     write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
+    write_html_report(out)
     return report
 
 
