@@ -3,6 +3,7 @@ model, bond lengths with s.u., the reflection files and the merged R values."""
 
 import csv
 import json
+from pathlib import Path
 
 import gemmi
 import numpy as np
@@ -258,3 +259,24 @@ def test_report_html_renders_in_headless_chromium_with_its_figures(refined, tmp_
 
     pixels = imread(shot)
     assert pixels.shape[0] == 2400 and pixels[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_two_data_sets_get_their_own_r_values_and_name_every_listed_observation(tmp_path):
+    crystal = read_structure(example_path("quartz"))
+    datasets = []
+    for seed in (5, 6):
+        path = tmp_path / f"crystal{seed}.cif_pets"
+        write_pets(small_quartz_frames(crystal, seed=seed), path)
+        datasets.append(read_pets(path))
+    config = RefineConfig(
+        simulation=SIMULATION, epochs=1, thickness=ThicknessConfig(kind="global", t0=500.0),
+        refine_orientation=False, auto_setup=False, plot=False,
+    )  # fmt: skip
+    report = refine(crystal, datasets, tmp_path / "run", config).report
+    names = [d["name"] for d in report["datasets"]]
+    assert [Path(n).name for n in names] == ["crystal5.cif_pets", "crystal6.cif_pets"]
+    assert sum(d["n_reflections"] for d in report["datasets"]) == report["n_reflections"]
+    assert {o["dataset"] for o in report["most_disagreeable"]} <= set(names)
+    assert [m["name"] for m in report["merged"]["per_dataset"]] == names
+    with open(tmp_path / "run" / "reflections.csv", newline="") as handle:
+        assert {row["dataset"] for row in csv.DictReader(handle)} == set(names)

@@ -246,10 +246,16 @@ def _observation_panel(ax, table) -> None:
         i_calc, i_obs = np.maximum(i_calc, lo), np.maximum(i_obs, lo)
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
         ax.set(xlim=(lo / 1.5, hi * 1.5), ylim=(lo / 1.5, hi * 1.5))
-    for mask, colour, label, size in (
-        (shown & ~observed, "0.65", "Io ≤ 3σ", 3),
-        (shown & observed, "tab:blue", "Io > 3σ", 4),
-    ):
+    names = list(dict.fromkeys(table["dataset"])) if "dataset" in table else []
+    groups = [(shown & ~observed, "0.65", "Io ≤ 3σ", 3)]
+    if len(names) > 1:  # one colour per data set
+        groups += [
+            (shown & observed & (table["dataset"] == name), f"C{n}", f"{Path(name).name}", 4)
+            for n, name in enumerate(names)
+        ]
+    else:
+        groups.append((shown & observed, "tab:blue", "Io > 3σ", 4))
+    for mask, colour, label, size in groups:
         ax.scatter(i_calc[mask], i_obs[mask], s=size, color=colour, alpha=0.5, lw=0,
                    label=f"{label} ({int(mask.sum())})", rasterized=True)  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="scaled Ic", ylabel="Io")
