@@ -30,7 +30,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 _USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
 # modules of blochnet.cli, each with register(app)
-_COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot", "report")
+_COMMAND_MODULES = (
+    "pattern", "info", "evaluate", "simulate", "refine", "plot", "report", "hydrogens",
+)  # fmt: skip
 
 
 class _BlochnetGroup(TyperGroup):

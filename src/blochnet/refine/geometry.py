@@ -93,6 +93,18 @@ def bonds_and_angles(
     return bonds, angles
 
 
+def neighbours(crystal: Crystal, *, tolerance: float = 0.4) -> list[list[tuple[int, np.ndarray]]]:
+    """For every atom of the asymmetric unit its bonded neighbours (module notes), nearest
+    first: (atom index, fractional position of the image)."""
+    xyz = np.array([atom.xyz for atom in crystal.atoms], dtype=float)
+    m = direct_matrix(crystal.cell)
+    out = []
+    for i, images in enumerate(_neighbours(crystal, xyz, tolerance)):
+        found = [(image.atom, _position(crystal, xyz, image)) for image in images]
+        out.append(sorted(found, key=lambda item: np.linalg.norm(m @ (item[1] - xyz[i]))))
+    return out
+
+
 def _bond(crystal: Crystal, i: int, image: Image, value: float, su: float) -> Bond:
     atoms = crystal.atoms
     return Bond(atoms[i].label, atoms[image.atom].label, value, su, image.code)
