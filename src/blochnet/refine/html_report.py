@@ -4,9 +4,9 @@ Built from the files of the output folder alone (``report.json``, ``refined.cif`
 ``observations.csv``, ``thickness.csv``), so ``blochnet report DIR`` can rebuild it. The
 figures are PNG embedded as data URIs and the style is inline: the page opens offline and
 fetches nothing. Sections: the R values (pooled, per data set and merged, with R_int),
-the atoms with s.u., bond lengths and angles, the difference-map peaks, the figures
-(thickness distributions, per-frame R and scale, Io against Ic, convergence; difference
-peaks), the most disagreeable observations and the settings.
+the figures (thickness distributions, per-frame R and scale, Io against Ic, convergence),
+the atoms with s.u., bond lengths and angles, the difference-map peaks (table and plot),
+the most disagreeable observations and the settings.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ def write_html_report(out: str | Path) -> Path:
     report, observations, thickness = read_refinement_folder(out)
     parts = [f"<h1>Dynamical refinement: {_e(_title(report, out))}</h1>"]
     parts += _summary(report)
-    parts += _atoms(report)
-    parts += _geometry(out / "refined.cif")
-    parts += _difference_map(report)
     if matplotlib_available():
         parts.append("<h2>Figures</h2>")
         parts.append(_img(draw_refinement(report, observations, thickness), "refinement"))
@@ -51,8 +48,9 @@ def write_html_report(out: str | Path) -> Path:
             "angle, with mean and mean ± width; (b) R1(obs) and scale per frame; (c) Io "
             "against the scaled Ic; (d) R values per epoch.</p>"
         )
-        if report.get("difference_map"):
-            parts.append(_img(_peaks_figure(report["difference_map"]), "difference peaks"))
+    parts += _atoms(report)
+    parts += _geometry(out / "refined.cif")
+    parts += _difference_map(report)
     parts += _disagreeable(report)
     parts.append("<h2>Settings</h2><details><summary>configuration (config.json)</summary>")
     parts.append(f"<pre>{_e(json.dumps(report.get('config', {}), indent=1))}</pre></details>")
@@ -156,7 +154,10 @@ def _difference_map(report: dict) -> list[str]:
         for kind, key in (("peak", "peaks"), ("hole", "holes"))
         for n, p in enumerate(diff[key][:10], 1)
     ]  # fmt: skip
-    return [*out, _table(head, rows)]
+    out.append(_table(head, rows))
+    if matplotlib_available():
+        out.append(_img(_peaks_figure(diff), "difference peaks"))
+    return out
 
 
 def _disagreeable(report: dict) -> list[str]:
