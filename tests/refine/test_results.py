@@ -280,3 +280,14 @@ def test_two_data_sets_get_their_own_r_values_and_name_every_listed_observation(
     assert [m["name"] for m in report["merged"]["per_dataset"]] == names
     with open(tmp_path / "run" / "reflections.csv", newline="") as handle:
         assert {row["dataset"] for row in csv.DictReader(handle)} == set(names)
+
+
+def test_kinematical_r_finds_the_scale_and_is_zero_for_intensities_it_explains():
+    from blochnet.refine.merging import kinematical_r
+
+    i_kin = np.array([1.0, 4.0, 9.0, 0.25])
+    exact = kinematical_r(2 * i_kin, np.full(4, 0.01), i_kin)
+    assert exact["scale"] == pytest.approx(2.0)
+    assert exact["r1_obs"] == pytest.approx(0.0, abs=1e-12)
+    off = kinematical_r(2 * i_kin * np.array([1.21, 1, 1, 1]), np.full(4, 0.01), i_kin)
+    assert off["r1_obs"] > 0.01

@@ -89,16 +89,21 @@ def _summary(report: dict) -> list[str]:
     datasets = report.get("datasets") or []
     if datasets:
         head = ("data set", "R1(obs)", "frame mean", "wR2", "n obs", "merged R1(obs)",
-                "merged wR2", "R_int", "unique")  # fmt: skip
+                "merged wR2", "R_int", "unique", "kinematical R1(obs)")  # fmt: skip
         rows = [
             (Path(d["name"]).name, _pc(d["r_obs"]), _pc(d["r_obs_frame_mean"]), _pc(d["wr2"]),
              str(d["n_obs"]), _pc(d["merged"]["r1_obs"]), _pc(d["merged"]["wr2"]),
-             _pc(d["merged"]["r_int"]), str(d["merged"]["n_unique"]))
+             _pc(d["merged"]["r_int"]), str(d["merged"]["n_unique"]),
+             _pc(d["merged"].get("kinematical", {}).get("r1_obs")))
             for d in datasets
         ]  # fmt: skip
         out += ["<h3>Per data set, frame-wise and merged</h3>", _table(head, rows)]
         rule = datasets[0]["merged"]["rule"]
-        out.append(f"<p class=note>Merged as a kinematical program would: {_e(rule)}.</p>")
+        out.append(
+            f"<p class=note>Merged as a kinematical program would: {_e(rule)}. Kinematical "
+            "R1(obs): the merged data against |Fc|² of the refined model (one scale), what a "
+            "kinematical program would report for it.</p>"
+        )
     absolute = report.get("absolute_structure") or {}
     if absolute.get("inverse_of_refined"):
         inverse = absolute["inverse_of_refined"]

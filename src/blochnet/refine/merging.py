@@ -20,6 +20,13 @@ side, the observations are merged here as follows:
 
 These numbers are comparable with a kinematical refinement's in how they are counted, not
 in what they mean: <Ic> is still the dynamical calculation, averaged over frames.
+:func:`kinematical_r` gives the other comparison: <Io> against the kinematical |Fc|² of
+the refined model under one scale, the R a kinematical program would report for this
+model (without refining it kinematically).
+
+For rows that each record a slice of a rocking curve (frame mode, partial intensities),
+equivalents measured at different excitation errors differ by construction and R_int
+says little; it is meaningful for whole rocking-curve intensities.
 """
 
 from __future__ import annotations
@@ -113,3 +120,19 @@ def merge(
 
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else float("nan")
+
+
+def kinematical_r(i_obs: np.ndarray, sigma: np.ndarray, i_kin: np.ndarray) -> dict:
+    """R values of merged intensities against kinematical ones, |Fc,kin|² of the refined
+    model under one least-squares scale k (w = 1/σ²): what a kinematical program would
+    report for this model without refining it. ``{"r1_obs", "wr2", "scale"}``."""
+    w = 1 / np.asarray(sigma) ** 2
+    scale = float(np.sum(w * i_obs * i_kin) / np.sum(w * i_kin**2))
+    calc = scale * i_kin
+    observed = i_obs > 3 * sigma
+    fo, fc = np.sqrt(np.clip(i_obs, 0, None)), np.sqrt(calc)
+    return {
+        "r1_obs": _ratio(np.abs(fo - fc)[observed].sum(), fo[observed].sum()),
+        "wr2": float(np.sqrt(_ratio((w * (i_obs - calc) ** 2).sum(), (w * i_obs**2).sum()))),
+        "scale": scale,
+    }

@@ -12,8 +12,8 @@ from blochnet.crystal import Crystal, find_space_group
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif_write import write_structure
 from blochnet.refine import refinement_cif as items
-from blochnet.refine.difference_map import map_outputs
-from blochnet.refine.merging import merge
+from blochnet.refine.difference_map import difference_coefficients, map_outputs
+from blochnet.refine.merging import kinematical_r, merge
 from blochnet.refine.objective import joint_figures_of_merit
 from blochnet.refine.reflections import (
     MERGED_COLUMNS,
@@ -48,8 +48,10 @@ def write_results(
         hkl = np.column_stack([table[c] for c in "hkl"])[used]
         merged = merge(crystal, hkl, table["i_obs"][used], table["sigma"][used],
                        table["i_calc"][used], scale[used])  # fmt: skip
+        unique = merged.pop("table")
         merged_tables.append({"dataset": np.full(merged["n_unique"], name, dtype=object),
-                              **merged.pop("table")})  # fmt: skip
+                              **unique})  # fmt: skip
+        merged["kinematical"] = _kinematical(crystal, unique, objective, config)
         fm = joint_figures_of_merit([objective], last=True)
         per_dataset.append({
             "name": name, "r_obs": fm.r1_obs, "r_all": fm.r1_all, "wr2": fm.wr2,
@@ -71,6 +73,16 @@ def write_results(
     return {"datasets": per_dataset, "merged": pooled, "difference_map": diff}
 
 
+def _kinematical(crystal, unique: dict, objective, config) -> dict:
+    """Merged <Io> against the refined model's kinematical intensities (one scale)."""
+    hkl = np.column_stack([unique[c] for c in "hkl"])
+    _, f_calc = difference_coefficients(
+        crystal, hkl, unique["i_obs"], unique["i_calc"],
+        voltage=objective.simulator.dataset.voltage, table=config.simulation.scattering,
+    )  # fmt: skip
+    return kinematical_r(unique["i_obs"], unique["sigma"], np.abs(f_calc) ** 2)
+
+
 def _pooled(per_dataset: list[dict]) -> dict:
     """The merged statistics of one data set, or for several their list (merging across
     data sets would need a scale between them, which is not refined)."""
@@ -90,11 +102,12 @@ def _write_cif(model, crystal, out, table, config, su, refinement, version, merg
         float(g.batch.mask.sum(-1).float().mean()) for o in model.objectives
         for g in o.simulator.groups
     ]  # fmt: skip
+    rocking = model.objectives[0].simulator.rocking
     method = (
         f"blochnet {version}: dynamical refinement against frame-wise intensities; Bloch-wave "
         f"(many-beam) calculation with beams |g| <= {sim.g_max:g} A^-1 and |s_g| <= "
         f"{sim.sg_max:g} A^-1 (mean {np.mean(beams):.0f} beams per orientation), rocking "
-        f"mode {sim.rocking}; thickness model {config.thickness.kind}; frame scales and "
+        f"mode {rocking}; thickness model {config.thickness.kind}; frame scales and "
         f"orientation corrections refined per frame"
     )
     rows = items.refinement_items(
