@@ -36,3 +36,8 @@ class InputFileError(BlochnetError):
 
 class ConfigurationError(BlochnetError):
     """An option or parameter value that cannot be used."""
+
+
+class RefinementError(BlochnetError):
+    """The refinement cannot go on (non-finite values, nothing to refine, a checkpoint of
+    another refinement); the last good state was kept."""

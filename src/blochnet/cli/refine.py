@@ -45,7 +45,7 @@ def refine(
     from blochnet.io.cif import read_structure
     from blochnet.io.cif_write import format_su
     from blochnet.io.pets import read_pets
-    from blochnet.refine.run import refine as run
+    from blochnet.refinement.pipeline import refine as run
     from blochnet.runtime import prepare_compute
 
     prepare_compute(device, threads)
@@ -136,7 +136,7 @@ def load_config(path: Path | None):
     from pydantic import ValidationError
 
     from blochnet.errors import InputFileError
-    from blochnet.refine.run import RefineConfig
+    from blochnet.refinement.config import RefineConfig
 
     if path is None:
         return RefineConfig()

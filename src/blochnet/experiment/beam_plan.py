@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Cell
+from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.rocking import RockingWindows, grid_directions
+from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.beams import reciprocal_lattice_points
-from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 
 # one batch's padded matrices hold at most this many elements (complex128: 512 MiB), so

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
-from blochnet.physics.lattice import reciprocal_matrix
+from blochnet.lattice import reciprocal_matrix
 
 
 def rocking_directions(dataset: Dataset, n_tilts: int) -> np.ndarray:
@@ -88,7 +88,10 @@ def rocking_windows(dataset: Dataset, rows: np.ndarray, config: SimulationConfig
     alpha = np.radians(dataset.frames.alpha)
     first = np.round((alpha[frame] - reach) / step).astype(np.int64)
     grid = first[:, None] + np.arange(n_c)[None, :]  # (used, cand)
-    directions, _ = grid_directions(dataset, grid, config.rocking_step)
+    # rows share grid points: the directions of each distinct point once, then gathered
+    lowest = int(grid.min(initial=0))
+    points = np.arange(lowest, int(grid.max(initial=0)) + 1)
+    directions = grid_directions(dataset, points, config.rocking_step)[0][grid - lowest]
     g = dataset.reflections.hkl[rows] @ reciprocal_matrix(dataset.cell).T
     k0 = 1.0 / dataset.wavelength
     s = -(2 * k0 * np.einsum("rci,ri->rc", directions, g) + np.sum(g**2, 1)[:, None]) / (2 * k0)

@@ -3,7 +3,7 @@
 Sign conventions
 ----------------
 * The beam direction d is the direction in which the electrons travel, a unit vector in
-  the Cartesian crystal frame of :mod:`blochnet.physics.lattice`. A zone axis [uvw] means
+  the Cartesian crystal frame of :mod:`blochnet.lattice`. A zone axis [uvw] means
   d ∥ u a + v b + w c.
 * The wave vector in the crystal is K = |K| d with |K| = sqrt(1/λ² + U₀) [Å⁻¹, no 2π].
 * A diffracted beam g has wave vector K + g (Laue condition k' = k + g).
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Cell
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
+from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 
 def reciprocal_lattice_points(cell: Cell, g_max: float) -> np.ndarray:

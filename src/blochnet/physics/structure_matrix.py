@@ -63,13 +63,27 @@ class BeamBatch:
         return self.mask.sum(-1)
 
 
+_DENSE_KEYS = 2**24  # largest key range numbered with a dense table (else by sorting)
+
+
 def _difference_table(hkl: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct g − h over a padded batch (orient, beam, 3) and the index of every pair."""
     span = int(hkl.abs().max()) * 2 + 1
     base = 2 * span + 1
-    diff = hkl[:, :, None, :] - hkl[:, None, :, :] + span  # non-negative
-    keys = (diff[..., 0] * base + diff[..., 1]) * base + diff[..., 2]
-    unique, index = torch.unique(keys, return_inverse=True)
+    # key of (g − h + span), non-negative components below base; the key is linear in
+    # the indices, so it is the difference of the beams' own keys (no (…, 3) pair array)
+    own = (hkl[..., 0] * base + hkl[..., 1]) * base + hkl[..., 2]
+    keys = own[:, :, None] - own[:, None, :] + (span * base + span) * base + span
+    if base**3 <= _DENSE_KEYS:
+        # keys are bounded: mark the present ones in a dense table and number them in
+        # order (the result of a sort-based unique, in linear time)
+        present = torch.zeros(base**3, dtype=torch.bool, device=keys.device)
+        present[keys.reshape(-1)] = True
+        unique = torch.nonzero(present)[:, 0]
+        number = torch.cumsum(present, 0) - 1
+        index = number[keys]
+    else:
+        unique, index = torch.unique(keys, return_inverse=True)
     h, rest = unique // (base * base), unique % (base * base)
     differences = torch.stack([h, rest // base, rest % base], dim=-1) - span
     return differences, index

@@ -22,11 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from blochnet.errors import BlochnetError
-
-
-class RefinementError(BlochnetError):
-    """The refinement cannot go on (non-finite values); the last good state was kept."""
+from blochnet.errors import RefinementError
 
 
 @dataclass

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from blochnet.cli.main import EXIT_USER_ERROR, app
 from blochnet.examples import example_path
 from blochnet.io.cif import read_structure
-from blochnet.refine import figures
-from blochnet.refine.run import LearningRates, RefineConfig, refine
-from blochnet.refine.thickness import ThicknessConfig
+from blochnet.refinement import figures
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.pipeline import refine
+from blochnet.refinement.thickness import ThicknessConfig
 
 N_GRID = 12
 
@@ -141,7 +142,7 @@ def test_no_figure_without_matplotlib_or_with_plot_off(monkeypatch, tmp_path):
     assert not (tmp_path / "off" / figures.FIGURE).exists()
     assert len(_rows(tmp_path / "off" / "thickness.csv")) == dataset.n_frames  # one each
     monkeypatch.setattr(figures, "matplotlib_available", lambda: False)
-    monkeypatch.setattr("blochnet.refine.report.matplotlib_available", lambda: False)
+    monkeypatch.setattr("blochnet.refinement.report.matplotlib_available", lambda: False)
     refine(crystal, [dataset], tmp_path / "none", config.model_copy(update={"plot": True}))
     assert not (tmp_path / "none" / figures.FIGURE).exists()
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "none")])

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 from blochnet.errors import ConfigurationError
-from blochnet.refine.networks import (
+from blochnet.refinement.networks import (
     LearnedFrameComponent,
     bounded,
     bounded_inverse,
@@ -27,7 +27,7 @@ from blochnet.refine.networks import (
     per_frame,
     start_and_range,
 )
-from blochnet.refine.thickness.models import DEFAULT_T_RANGE, OUTPUT_INIT, ThicknessModel
+from blochnet.refinement.thickness.models import DEFAULT_T_RANGE, OUTPUT_INIT, ThicknessModel
 
 
 class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blochnet.physics.lattice import uij_to_cartesian
+from blochnet.lattice import uij_to_cartesian
 
 
 def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -50,7 +50,7 @@ def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tens
 
 
 def structure_uncertainties(model, *, n_parameters: int) -> dict:
-    """s.u. of the refined structure parameters of a :class:`~blochnet.refine.run.Refinement`.
+    """s.u. of the refined structure parameters of a :class:`~blochnet.refinement.model.Refinement`.
 
     Returns ``{"free": (P,) s.u. of the refined free parameters (order of
     ``model.structure.names``), "xyz": (atom, 3), "uij": (atom, 6), "ueq": (atom,),

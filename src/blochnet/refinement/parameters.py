@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
+from blochnet.lattice import cartesian_to_uij, uij_to_cartesian
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel, FreeParameters
-from blochnet.physics.lattice import cartesian_to_uij, uij_to_cartesian
 
 
 class StructureParameters(nn.Module):

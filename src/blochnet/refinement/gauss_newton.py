@@ -1,7 +1,7 @@
 """Levenberg–Marquardt on the physical parameters, with Jacobians from automatic differentiation.
 
 The Jacobian J = ∂r/∂p of the weighted residuals is built from one vector–Jacobian graph
-g(u) = Jᵀu (see :func:`~blochnet.refine.uncertainty.residual_jacobian`): a column costs one
+g(u) = Jᵀu (see :func:`~blochnet.refinement.uncertainty.residual_jacobian`): a column costs one
 backward pass through that graph. Per-frame parameters (orientation rotation vectors, a
 per-frame thickness) affect only the residuals of the rows that use their frame (its own
 rows; in integrated rocking mode also rows of neighbouring frames whose rocking curves
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blochnet.refine.uncertainty import jacobian_columns, transposed_jacobian
+from blochnet.refinement.uncertainty import jacobian_columns, transposed_jacobian
 
 
 @dataclass

@@ -17,8 +17,8 @@ References
 Malik et al., Nat. Commun. (2026), arXiv:2508.05908.
 """
 
-from blochnet.refine.thickness.config import ThicknessConfig, make_thickness_model
-from blochnet.refine.thickness.models import (
+from blochnet.refinement.thickness.config import ThicknessConfig, make_thickness_model
+from blochnet.refinement.thickness.models import (
     DEFAULT_T_RANGE,
     FrameThickness,
     GlobalThickness,
@@ -26,7 +26,7 @@ from blochnet.refine.thickness.models import (
     ThicknessKind,
     ThicknessModel,
 )
-from blochnet.refine.thickness.neural import NeuralGaussianThickness, NeuralGridThickness
+from blochnet.refinement.thickness.neural import NeuralGaussianThickness, NeuralGridThickness
 
 __all__ = [
     "DEFAULT_T_RANGE",

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from blochnet.errors import ConfigurationError
-from blochnet.refine.networks import LearnedFrameComponent, mlp, normalised_angles
-from blochnet.refine.thickness import (
+from blochnet.refinement.networks import LearnedFrameComponent, mlp, normalised_angles
+from blochnet.refinement.thickness import (
     FrameThickness,
     GlobalThickness,
     NeuralGaussianThickness,

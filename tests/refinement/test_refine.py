@@ -12,22 +12,24 @@ from typer.testing import CliRunner
 
 import blochnet
 from blochnet.cli.main import app
-from blochnet.errors import ConfigurationError
+from blochnet.errors import ConfigurationError, RefinementError
 from blochnet.examples import example_path
 from blochnet.experiment.merit import optimal_scales
 from blochnet.experiment.specimen import ConstantThickness
 from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
+from blochnet.lattice import direct_matrix
 from blochnet.physics.crystal_model import CrystalModel
-from blochnet.physics.lattice import direct_matrix
-from blochnet.refine.engine import EpochRecord, RefinementError, _converged, optimise_adam
-from blochnet.refine.gauss_newton import jacobian, levenberg_marquardt
-from blochnet.refine.parameters import StructureParameters
-from blochnet.refine.report import count_parameters, refined_crystal
-from blochnet.refine.run import LearningRates, RefineConfig, build_refinement, refine
-from blochnet.refine.thickness import ThicknessConfig
-from blochnet.refine.uncertainty import residual_jacobian, structure_uncertainties
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.engine import EpochRecord, _converged, optimise_adam
+from blochnet.refinement.gauss_newton import jacobian, levenberg_marquardt
+from blochnet.refinement.model import refinement_for
+from blochnet.refinement.parameters import StructureParameters
+from blochnet.refinement.pipeline import refine
+from blochnet.refinement.report import count_parameters, refined_crystal
+from blochnet.refinement.thickness import ThicknessConfig
+from blochnet.refinement.uncertainty import residual_jacobian, structure_uncertainties
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,7 @@ def test_resuming_with_other_refined_groups_names_the_checkpoint(synthetic, tmp_
 
 def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(synthetic):
     crystal, dataset = synthetic
-    model = build_refinement(
+    model = refinement_for(
         crystal,
         [dataset],
         _config(learning_rates=LearningRates(xyz=5e-4, adp=0.0, orientation=0.0, thickness=1e-3)),
@@ -226,7 +228,7 @@ def test_residual_jacobian_matches_finite_differences(synthetic, robust, step):
         learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0),
         robust=robust,
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     structure = model.structure
     params = [structure.xyz_shift, structure.adp_shift]
     r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), params)
@@ -247,7 +249,7 @@ def test_standard_uncertainties_are_finite_and_scale_with_the_noise(synthetic):
     config = _config(
         learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     su = structure_uncertainties(model, n_parameters=count_parameters(model))
     assert np.all(np.isfinite(su["free"])) and np.all(su["free"] > 0)
     assert np.all(su["xyz"][1] > 0)  # O1 on a general position: three free coordinates
@@ -261,7 +263,7 @@ def _lm_model(crystal, dataset, *, thickness_kind="frame"):
         learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=1e-3, thickness=1e-3),
         refine_orientation=True,
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     for param in model.parameters():
         param.requires_grad_(True)
     return model
@@ -296,7 +298,7 @@ def test_jacobian_columns_are_exact_when_rows_integrate_over_neighbouring_frames
         learning_rates=LearningRates(xyz=1e-3, adp=0.0, orientation=1e-3, thickness=1e-3),
         refine_orientation=True,
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     objective = model.objectives[0]
     pairs = objective.simulator.dependencies
     assert np.any(np.bincount(pairs[:, 0]) > 1)  # some rows use two or more frames
@@ -335,15 +337,17 @@ def test_levenberg_marquardt_recovers_position_and_thickness_in_a_few_steps(synt
 
 
 def test_setup_finds_the_thickness_and_checks_convergence_of_what_is_not_fixed(synthetic):
-    from blochnet.refine.setup import choose_settings
+    from blochnet.experiment.prepared import prepare
+    from blochnet.refinement.simulation_settings import choose_settings
 
     crystal, dataset = synthetic
-    setup = choose_settings(crystal, [dataset], SIMULATION, t0=None, fixed={"n_tilts"})
+    data = [prepare(crystal, dataset, SIMULATION)]
+    setup = choose_settings(data, crystal, t0=None, fixed={"n_tilts"})
     assert setup.t0 == [500.0]  # the simulated thickness, on the scan's 100 Å grid
     assert setup.simulation.n_tilts == SIMULATION.n_tilts  # fixed by the user: kept
     text = "\n".join(setup.lines)
     assert "starting thickness 500 Å" in text and "beams" in text and "tilts" not in text
-    kept = choose_settings(crystal, [dataset], SIMULATION, t0=650.0, fixed={"g_max", "n_tilts"})
+    kept = choose_settings(data, crystal, t0=650.0, fixed={"g_max", "n_tilts"})
     assert kept.t0 == [650.0] and kept.lines == [] and kept.simulation == SIMULATION
 
 
@@ -355,7 +359,7 @@ def test_absorption_column_matches_finite_differences_and_kappa_stays_non_negati
         refine_absorption=True,
         learning_rates=LearningRates(xyz=1e-3, adp=0.0, orientation=0.0, thickness=0.0),
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     structure = model.structure
     assert structure.names[-1] == ("", "kappa")
     r, jac = residual_jacobian(lambda: model.objectives[0].residuals(), [structure.kappa_shift])
@@ -389,7 +393,7 @@ def test_levenberg_marquardt_recovers_the_absorption_of_synthetic_data():
         refine_absorption=True,
         learning_rates=LearningRates(xyz=0.0, adp=0.0, absorption=1e-3, thickness=0.0),
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     model.structure.kappa_shift.requires_grad_(True)
     levenberg_marquardt(model, iterations=6)
     su = structure_uncertainties(model, n_parameters=1)
@@ -407,7 +411,7 @@ def _charged(crystal, silicon):
 def test_charge_column_matches_finite_differences_and_the_cell_stays_neutral(synthetic):
     crystal, dataset = synthetic
     config = _config(refine_charge="all", learning_rates=LearningRates(xyz=0.0, charge=1e-2))
-    model = build_refinement(_charged(crystal, 0.4), [dataset], config)
+    model = refinement_for(_charged(crystal, 0.4), [dataset], config)
     structure = model.structure
     assert structure.names[-1] == ("Si1", "charge")  # O1 balances the cell
     assert ("O1", "charge") not in structure.names
@@ -430,9 +434,9 @@ def test_charges_that_do_not_cancel_or_a_single_refined_charge_are_refused(synth
     unbalanced = _charged(crystal, 0.4)
     unbalanced.atom("O1").charge = -0.1
     with pytest.raises(ConfigurationError, match="charged"):
-        build_refinement(unbalanced, [dataset], _config())
+        refinement_for(unbalanced, [dataset], _config())
     with pytest.raises(ConfigurationError, match="at least two atoms"):
-        build_refinement(crystal, [dataset], _config(refine_charge="O1"))
+        refinement_for(crystal, [dataset], _config(refine_charge="O1"))
 
 
 def test_all_charges_on_a_structure_of_one_atom_refine_none_and_one_named_atom_is_refused():
@@ -451,7 +455,7 @@ def test_levenberg_marquardt_recovers_partial_charges_of_synthetic_data(tmp_path
     config = _config(  # least squares: the data have Poisson noise and no outliers
         refine_charge="all", robust=0.0, learning_rates=LearningRates(xyz=0, adp=0, charge=1e-2)
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     model.structure.charge_shift.requires_grad_(True)
     levenberg_marquardt(model, iterations=6)
     su = structure_uncertainties(model, n_parameters=1)
@@ -468,9 +472,9 @@ def test_levenberg_marquardt_recovers_partial_charges_of_synthetic_data(tmp_path
 
 def test_instability_factor_lowers_the_weight_of_strong_observations(synthetic):
     crystal, dataset = synthetic
-    plain = build_refinement(crystal, [dataset], _config(robust=0.0)).objectives[0]
+    plain = refinement_for(crystal, [dataset], _config(robust=0.0)).objectives[0]
     config = _config(instability=0.05, robust=0.0)
-    damped = build_refinement(crystal, [dataset], config).objectives[0]
+    damped = refinement_for(crystal, [dataset], config).objectives[0]
     expected = torch.sqrt(plain.sigma**2 + (0.05 * plain.i_obs.clamp_min(0)) ** 2)
     torch.testing.assert_close(damped.weight_sigma, expected)
     # the objective is Σ((Io − k Ic)/σ_w)² with k the least-squares scale under those weights
@@ -491,7 +495,7 @@ def test_history_records_r_values_of_the_parameters_each_epoch_started_from(synt
     crystal, dataset = synthetic
     result = refine(_moved(crystal, 0.05), [dataset], tmp_path, _config(epochs=3))
     first = result.history[0]
-    model = build_refinement(_moved(crystal, 0.05), [dataset], _config())
+    model = refinement_for(_moved(crystal, 0.05), [dataset], _config())
     merit = model.objectives[0].figures_of_merit()
     assert first.r_obs == pytest.approx(merit.r1_obs, rel=1e-9)
     assert first.r_obs_frame_mean == pytest.approx(merit.r1_obs_frame_mean, rel=1e-9)
@@ -500,7 +504,7 @@ def test_history_records_r_values_of_the_parameters_each_epoch_started_from(synt
 
 def test_held_out_frames_are_scored_with_their_own_scale(synthetic):
     crystal, dataset = synthetic
-    model = build_refinement(crystal, [dataset], _config(holdout_fraction=0.3))
+    model = refinement_for(crystal, [dataset], _config(holdout_fraction=0.3))
     objective = model.objectives[0]
     held = ~objective.fit
     assert bool(held.any()) and bool(objective.fit.any())
@@ -533,7 +537,7 @@ def _plain_residuals(objective):
 
 def test_robust_residuals_square_to_the_cauchy_loss_and_are_smooth_at_zero(synthetic):
     crystal, dataset = synthetic
-    objective = build_refinement(crystal, [dataset], _config()).objectives[0]
+    objective = refinement_for(crystal, [dataset], _config()).objectives[0]
     with torch.no_grad():
         objective()  # the first evaluation sets c
         loss = objective()
@@ -553,7 +557,7 @@ def test_robust_residuals_square_to_the_cauchy_loss_and_are_smooth_at_zero(synth
 
 def test_robust_scale_follows_the_residuals_and_never_falls_below_sigma(synthetic):
     crystal, dataset = synthetic
-    model = build_refinement(crystal, [dataset], _config(robust=2.0))
+    model = refinement_for(crystal, [dataset], _config(robust=2.0))
     objective = model.objectives[0]
     assert torch.isnan(objective.robust_c)  # set by the first evaluation
     with torch.no_grad():
@@ -569,7 +573,7 @@ def test_robust_scale_follows_the_residuals_and_never_falls_below_sigma(syntheti
     objective.i_obs.copy_(objective.i_obs * 1.5)  # a worse fit: the scale grows with it
     model.update_robust_scale(fresh=True)
     assert float(objective.robust_c) > expected
-    least_squares = build_refinement(crystal, [dataset], _config(robust=0.0)).objectives[0]
+    least_squares = refinement_for(crystal, [dataset], _config(robust=0.0)).objectives[0]
     with torch.no_grad():
         plain = float((_plain_residuals(least_squares) ** 2).sum())
         assert float(least_squares()) == pytest.approx(plain)

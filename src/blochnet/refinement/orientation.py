@@ -8,7 +8,7 @@ file's orientation, so corrections must stay well below a frame's semi-angle.
 * :class:`FrameOrientation`: three free angles per frame (the default), refined by Adam and
   by Levenberg–Marquardt like the other per-frame parameters;
 * :class:`NeuralOrientationDrift`: a smooth drift of the orientation along the rotation, a
-  learned frame component (:mod:`blochnet.refine.networks`) from the frame's rotation angle
+  learned frame component (:mod:`blochnet.refinement.networks`) from the frame's rotation angle
   (and optionally its beam direction) to three angles bounded to ±``max_rotation``. It
   models what a goniometer does (a slow wobble or precession of the axis) with a few
   thousand network weights instead of 3 free numbers per frame, so frames with few
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
-from blochnet.refine.networks import LearnedFrameComponent, mlp, network_directions
+from blochnet.refinement.networks import LearnedFrameComponent, mlp, network_directions
 
 OrientationKind = Literal["frame", "neural"]
 
@@ -63,7 +63,7 @@ class NeuralOrientationDrift(LearnedFrameComponent):
     ----------
     angles_deg : (frame,) rotation angle of each frame [deg].
     directions : optional (frame, 3) beam directions as three more network inputs.
-    hidden, activation, seed : the network (:func:`blochnet.refine.networks.mlp`).
+    hidden, activation, seed : the network (:func:`blochnet.refinement.networks.mlp`).
     max_rotation_deg : bound of each component [deg]: rotation = m · tanh(raw).
     dtype : precision.
 

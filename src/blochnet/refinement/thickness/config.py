@@ -12,8 +12,8 @@ from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from blochnet.errors import ConfigurationError
-from blochnet.refine.networks import network_directions
-from blochnet.refine.thickness.models import (
+from blochnet.refinement.networks import network_directions
+from blochnet.refinement.thickness.models import (
     DEFAULT_T_RANGE,
     FrameThickness,
     GlobalThickness,
@@ -21,7 +21,7 @@ from blochnet.refine.thickness.models import (
     ThicknessKind,
     ThicknessModel,
 )
-from blochnet.refine.thickness.neural import NeuralGaussianThickness, NeuralGridThickness
+from blochnet.refinement.thickness.neural import NeuralGaussianThickness, NeuralGridThickness
 
 _KINDS: dict[str, type[ThicknessModel]] = {
     "global": GlobalThickness,

@@ -39,8 +39,9 @@ from torch import Tensor, nn
 
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
-from blochnet.refine.orientation import FrameOrientation
-from blochnet.refine.parameters import StructureParameters
+from blochnet.experiment.observations import Observations
+from blochnet.refinement.orientation import FrameOrientation
+from blochnet.refinement.parameters import StructureParameters
 
 
 class Objective(nn.Module):
@@ -48,15 +49,15 @@ class Objective(nn.Module):
 
     Parameters
     ----------
-    simulator : frame simulator of the data set (its selection rule fixes the observations).
+    simulator : frame simulator of the data set.
+    observations : the observations its plan simulates, with the fit / held-out split.
     structure : refinable structure parameters (shared between data sets).
     thickness : a thickness model returning (samples, weights), each (frame, sample).
     refine_orientation : refine the frame orientations (with ``orientation``'s model, by
-        default :class:`~blochnet.refine.orientation.FrameOrientation`, three free angles
+        default :class:`~blochnet.refinement.orientation.FrameOrientation`, three free angles
         per frame); False: the file's orientations.
     orientation : an orientation model (module whose ``forward()`` gives (frame, 3) rotation
         vectors [rad]), used when ``refine_orientation``; None: one per frame.
-    holdout : (used,) bool, observations kept out of the fit (validation), or None.
     instability : u of the weights w = 1/(σ² + (u·Io)²) (0: w = 1/σ²). The R values and
         the "observed" test (Io > 3σ) use σ itself.
     robust : b of the Cauchy loss (module notes); 0: plain weighted least squares.
@@ -65,40 +66,40 @@ class Objective(nn.Module):
     def __init__(
         self,
         simulator: FrameSimulator,
+        observations: Observations,
         structure: StructureParameters,
         thickness: nn.Module,
         *,
         refine_orientation: bool = True,
-        holdout: np.ndarray | None = None,
         instability: float = 0.0,
         robust: float = 0.0,
         orientation: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.simulator = simulator
+        self.observations = observations
         self.structure = structure
         self.thickness = thickness
-        model, ds, rows = simulator.model, simulator.dataset, simulator.used_rows
-        as_t = lambda x: torch.as_tensor(x, dtype=model.dtype, device=model.device)  # noqa: E731
-        self.register_buffer("i_obs", as_t(ds.reflections.intensity[rows]))
-        self.register_buffer("sigma", as_t(ds.reflections.sigma[rows]))
+        model = simulator.model
+        tensors = observations.tensors(dtype=model.dtype, device=model.device)
+        self.register_buffer("i_obs", tensors.i_obs)
+        self.register_buffer("sigma", tensors.sigma)
         weight_sigma = torch.sqrt(self.sigma**2 + (instability * self.i_obs.clamp_min(0)) ** 2)
         self.register_buffer("weight_sigma", weight_sigma)
-        self.register_buffer("frame", torch.as_tensor(simulator.frame_of_used, device=model.device))
-        fit = np.ones(len(rows), bool) if holdout is None else ~np.asarray(holdout, bool)
-        self.register_buffer("fit", torch.as_tensor(fit, device=model.device))
+        self.register_buffer("frame", tensors.frame)
+        self.register_buffer("fit", tensors.fit)
         self.robust = float(robust)
         start_c = math.nan if robust > 0 else 0.0  # nan: set by the first evaluation
         self.register_buffer(
             "robust_c", torch.tensor(start_c, dtype=model.dtype, device=model.device)
         )
         if refine_orientation and orientation is None:
-            orientation = FrameOrientation(ds.n_frames, dtype=model.dtype)
+            orientation = FrameOrientation(observations.n_frames, dtype=model.dtype)
         self.orientation = orientation.to(device=model.device) if refine_orientation else None
 
     @property
     def n_frames(self) -> int:
-        return self.simulator.dataset.n_frames
+        return self.observations.n_frames
 
     def rotations(self) -> Tensor | None:
         """(frame, 3) orientation corrections [rad] of the orientation model (None: none)."""
@@ -214,7 +215,7 @@ def joint_figures_of_merit(
     offsets = np.cumsum([0] + [o.n_frames for o in objectives])
     cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
     frames = torch.cat([p["frame"] + int(off) for p, off in zip(parts, offsets, strict=False)])
-    ids = np.concatenate([o.simulator.dataset.frames.id for o in objectives])
+    ids = np.concatenate([o.observations.frame_ids for o in objectives])
     return figures_of_merit(
         cat("i_obs"), cat("sigma"), cat("i_calc"), frames, ids,
         n_parameters=n_parameters, scales=cat("scales"),

@@ -10,11 +10,13 @@ one per hkl per frame).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from blochnet.crystal import Cell
+from blochnet.crystal import Cell, Crystal
+from blochnet.errors import ConfigurationError
 
 GEOMETRIES = ("continuous rotation", "precession")
 
@@ -176,3 +178,44 @@ class Dataset:
             if np.any(hi - lo > 1e-9 * np.maximum(np.abs(hi), 1.0)):
                 return False
         return True
+
+
+def check_cell(dataset_cell: Cell, structure_cell: Cell, *, tolerance: float = 0.03) -> str | None:
+    """Compare the data file's cell with the structure's cell.
+
+    Returns None when they agree (lengths to 1e-4 relative, angles to 0.01°), a warning
+    string for small differences (the data file's cell wins), and raises
+    :class:`~blochnet.errors.ConfigurationError` when a length differs by more than
+    ``tolerance`` (relative) or an angle by more than 2°.
+    """
+    d, s = np.array(dataset_cell.parameters), np.array(structure_cell.parameters)
+    length = np.abs(d[:3] / s[:3] - 1)
+    angle = np.abs(d[3:] - s[3:])
+    shown = (
+        f"data file cell {' '.join(f'{x:g}' for x in d)}, "
+        f"structure cell {' '.join(f'{x:g}' for x in s)}"
+    )
+    if np.any(length > tolerance) or np.any(angle > 2.0):
+        raise ConfigurationError(
+            f"the cells differ too much (lengths by up to {length.max():.1%}, angles by up to "
+            f"{angle.max():.2f}°; allowed {tolerance:.1%} and 2°): {shown}"
+        )
+    if np.all(length <= 1e-4) and np.all(angle <= 0.01):
+        return None
+    return (
+        f"the structure's cell differs from the data file's (lengths by up to "
+        f"{length.max():.2%}, angles by up to {angle.max():.2f}°); using the data file's cell: "
+        f"{shown}"
+    )
+
+
+def structure_in_data_cell(crystal: Crystal, dataset: Dataset) -> Crystal:
+    """The structure with the data file's cell (refused if the two differ by more than a few %).
+
+    The orientation matrix was fitted with the data file's cell, so that cell wins; a small
+    difference is reported as a warning (once: a run prepares each data set once).
+    """
+    message = check_cell(dataset.cell, crystal.cell)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    return replace(crystal, cell=dataset.cell)

@@ -1,4 +1,5 @@
-"""Cell geometry: direct and reciprocal basis matrices in a Cartesian crystal frame.
+"""Cell geometry: direct and reciprocal basis matrices in a Cartesian crystal frame (numpy;
+ADP conversions also take torch tensors).
 
 Convention (the common orthogonalisation of PDB/gemmi): **a** along x, **b** in the x–y
 plane, **c** completing a right-handed set. The direct matrix has the basis vectors as
@@ -9,7 +10,6 @@ g = B h for Miller indices h, and B = A^-T (no 2π).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from blochnet.crystal import Cell
 
@@ -30,8 +30,11 @@ def reciprocal_matrix(cell: Cell) -> np.ndarray:
     return np.linalg.inv(direct_matrix(cell)).T
 
 
-def uij_to_cartesian(cell: Cell, uij: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+def uij_to_cartesian(cell: Cell, uij):
     """Convert CIF U11 U22 U33 U12 U13 U23 (``(..., 6)``) to Cartesian U (``(..., 3, 3)``).
+
+    ``uij`` is a numpy array or a torch tensor (the result is of the same kind, on the
+    tensor's device and in its dtype, differentiably).
 
     Notes
     -----
@@ -42,8 +45,8 @@ def uij_to_cartesian(cell: Cell, uij: np.ndarray | torch.Tensor) -> np.ndarray |
     n = np.linalg.norm(reciprocal_matrix(cell), axis=0)
     m = a_mat * n[None, :]
     idx = [[0, 3, 4], [3, 1, 5], [4, 5, 2]]
-    if isinstance(uij, torch.Tensor):
-        m_t = torch.as_tensor(m, dtype=uij.dtype, device=uij.device)
+    if hasattr(uij, "new_tensor"):  # a torch tensor (this module does not import torch)
+        m_t = uij.new_tensor(m)
         u = uij[..., idx]
         return m_t @ u @ m_t.T
     u = np.asarray(uij)[..., idx]

@@ -1,5 +1,5 @@
 """Outputs of a refinement: ``report.json``, ``refined.cif``, ``observations.csv``, and
-``thickness.csv`` and ``refinement.png`` (:mod:`blochnet.refine.figures`)."""
+``thickness.csv`` and ``refinement.png`` (:mod:`blochnet.refinement.figures`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from torch import nn
 from blochnet.crystal import UIJ_NAMES, Crystal
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
 from blochnet.io.cif_write import write_structure
-from blochnet.physics.lattice import uij_to_cartesian
-from blochnet.refine.figures import (
+from blochnet.lattice import uij_to_cartesian
+from blochnet.refinement.figures import (
     FIGURE,
     dataset_name,
     draw_refinement,
@@ -26,12 +26,12 @@ from blochnet.refine.figures import (
     thickness_table,
     write_thickness_csv,
 )
-from blochnet.refine.objective import joint_figures_of_merit
+from blochnet.refinement.objective import joint_figures_of_merit
 
 
 def refined_crystal(structure, su: dict | None = None) -> Crystal:
     """The crystal with the refined coordinates, ADPs, occupancies and charges, and their s.u.
-    (from :func:`~blochnet.refine.uncertainty.structure_uncertainties`) where refined."""
+    (from :func:`~blochnet.refinement.uncertainty.structure_uncertainties`) where refined."""
     crystal = copy.deepcopy(structure.model.crystal)
     with torch.no_grad():
         atoms = structure.atoms()
@@ -75,7 +75,7 @@ def write_report(
     observations.
 
     ``absolute_structure``: the record of the hand refined (see
-    :mod:`blochnet.refine.absolute`), with ``inverse_of_refined`` (the R values of the
+    :mod:`blochnet.refinement.absolute`), with ``inverse_of_refined`` (the R values of the
     refined structure inverted) where it was scored.
     """
     first = model.objectives[0]

@@ -14,16 +14,17 @@ from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.specimen import ConstantThickness
 from blochnet.experiment.synthetic import GeneratedGeometry, simulate_experiment
 from blochnet.io.cif import read_structure
-from blochnet.refine.engine import optimise_adam
-from blochnet.refine.orientation import (
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.engine import optimise_adam
+from blochnet.refinement.model import refinement_for
+from blochnet.refinement.orientation import (
     FrameOrientation,
     NeuralOrientationDrift,
     OrientationConfig,
     make_orientation_model,
 )
-from blochnet.refine.report import count_parameters
-from blochnet.refine.run import LearningRates, RefineConfig, build_refinement
-from blochnet.refine.thickness import ThicknessConfig
+from blochnet.refinement.report import count_parameters
+from blochnet.refinement.thickness import ThicknessConfig
 
 ANGLES = np.linspace(-30.0, 30.0, 31)
 
@@ -100,7 +101,7 @@ def drifted():
         robust=0.0,
         auto_setup=False,
     )
-    model = build_refinement(crystal, [dataset], config)
+    model = refinement_for(crystal, [dataset], config)
     objective = model.objectives[0]
     truth = torch.as_tensor(_drift(dataset.frames.alpha))
     with torch.no_grad():
@@ -170,4 +171,4 @@ def _drift_config_model(crystal, dataset):
         orientation=OrientationConfig(kind="neural", use_directions=True),
         auto_setup=False,
     )
-    return build_refinement(crystal, [dataset], config)
+    return refinement_for(crystal, [dataset], config)

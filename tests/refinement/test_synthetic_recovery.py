@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from blochnet.physics.lattice import direct_matrix
-from blochnet.physics.symmetry import site_constraints
+from blochnet.lattice import direct_matrix
+from blochnet.sitesym import site_constraints
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_recovery.py"
 

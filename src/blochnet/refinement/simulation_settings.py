@@ -1,4 +1,5 @@
-"""Settings chosen from the data before a refinement: starting thickness and convergence.
+"""Simulation settings chosen from the data before a refinement: the starting thickness,
+and a beam set and rocking sampling checked for convergence.
 
 What the user set in the configuration is kept; the rest is chosen here and reported:
 
@@ -30,10 +31,11 @@ import torch
 
 from blochnet.crystal import Crystal
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import FrameSimulator
-from blochnet.experiment.merit import optimal_scales
+from blochnet.experiment.evaluate import score_thicknesses
+from blochnet.experiment.frames import FrameSimulator, crystal_model
+from blochnet.experiment.merit import FiguresOfMerit, optimal_scales
+from blochnet.experiment.observations import Observations
+from blochnet.experiment.prepared import PreparedData
 from blochnet.experiment.rocking import resolve_rocking
 
 SCAN = np.arange(200.0, 2001.0, 100.0)  # [Å]
@@ -45,70 +47,79 @@ SAMPLING_CHECKS = 3  # successive checks of the rocking sampling (one of the bea
 
 @dataclasses.dataclass
 class Setup:
-    simulation: SimulationConfig
+    data: list[PreparedData]  # the data sets at the chosen settings
     t0: list[float]  # starting thickness per data set [Å]
     lines: list[str]  # what was chosen and why, for the user
 
+    @property
+    def simulation(self) -> SimulationConfig:
+        return self.data[0].settings
+
 
 def choose_settings(
+    data: list[PreparedData],
     crystal: Crystal,
-    datasets: list[Dataset],
-    simulation: SimulationConfig,
     *,
     t0: float | None,
     fixed: set[str],
     scanned: list[float] | None = None,
-    dtype=torch.float64,
-    device=None,
 ) -> Setup:
-    """Starting thicknesses and converged simulation settings (fields in ``fixed`` kept).
+    """Starting thicknesses and converged simulation settings (fields in ``fixed`` kept)
+    for refining ``crystal`` (in the data sets' cell) against ``data``.
 
     ``t0``: the user's starting thickness (no scan); ``scanned``: each data set's best
-    thickness of a scan already made (the absolute-structure check), reused.
+    thickness of a scan already made (the absolute-structure check), reused. The
+    convergence check runs on the first data set; plans of the settings it tries are built
+    once and kept with the data.
     """
     lines: list[str] = []
 
-    def start(n: int, ds: Dataset) -> float:
+    def start(n: int, prepared: PreparedData) -> float:
         if t0 is not None:
             return t0
         if scanned is not None:
             return scanned[n]
-        thickness, merit = scan_thickness(crystal, ds, simulation, dtype, device)
+        thickness, merit = scan_thickness(prepared.simulator(crystal), prepared.observations)
         lines.append(
             f"starting thickness {thickness:.0f} Å: lowest R1(obs) "
             f"({100 * merit.r1_obs:.2f} % over {merit.n_obs} obs) of a scan "
-            f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({ds.source or 'data set'})"
+            f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({prepared.dataset.source or 'data set'})"
         )
         return thickness
 
-    first = datasets[0]
+    first = data[0]
+    simulation = first.settings
     thickness = start(0, first)
+    frames = _frame_subset(first.dataset.n_frames, CHECK_FRAMES)
     cache: dict = {}  # the check's intensities per settings, reused by the next check
     for refine, checks in _refinements(simulation, first, fixed):
         for n in range(checks):
             name, finer = refine(simulation)
-            change = _change(crystal, first, simulation, finer, thickness, dtype, device, cache)
+            change = _change(first, crystal, simulation, finer, thickness, frames, cache)
             if change <= TOLERANCE:
                 lines.append(f"{name}: converged ({change:.1%} change against a finer calculation)")
                 break
             last = "" if n + 1 < checks else " (not checked further; finer ones can be set)"
             lines.append(f"{name}: {change:.1%} change against a finer calculation; refined{last}")
             simulation = finer
-    starts = [thickness] + [start(n, ds) for n, ds in enumerate(datasets[1:], 1)]
+    data = [prepared.with_settings(simulation) for prepared in data]
+    starts = [thickness] + [start(n, d) for n, d in enumerate(data[1:], 1)]
     if scanned is not None and t0 is None:
         lines.insert(0, "starting thickness " + ", ".join(f"{t:.0f} Å" for t in starts)
                      + f": lowest R1(obs) of a scan {SCAN[0]:.0f}–{SCAN[-1]:.0f} Å")  # fmt: skip
-    return Setup(simulation, starts, lines)
+    return Setup(data, starts, lines)
 
 
-def scan_thickness(crystal, dataset, simulation, dtype=torch.float64, device=None):
+def scan_thickness(
+    simulator: FrameSimulator, observations: Observations
+) -> tuple[float, FiguresOfMerit]:
     """(best thickness [Å], its figures of merit) of a scan of one thickness for every
-    frame over ``SCAN``, with the structure and orientations as given."""
-    result = evaluate(crystal, dataset, SCAN, config=simulation, dtype=dtype, device=device)
+    frame over ``SCAN``, with the simulator's structure and the orientations as given."""
+    result = score_thicknesses(simulator, observations, SCAN)
     return float(result.best_thickness), result.best_merit
 
 
-def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]):
+def _refinements(simulation: SimulationConfig, prepared: PreparedData, fixed: set[str]):
     """(function, number of checks) per setting the user did not fix; the function maps
     settings to (description, finer settings)."""
     if not {"g_max", "sg_max"} & fixed:
@@ -120,7 +131,7 @@ def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]
             )
 
         yield beams, 1
-    integrated = resolve_rocking(simulation, dataset) == "integrated"
+    integrated = resolve_rocking(simulation, prepared.dataset) == "integrated"
     if integrated and "rocking_step" not in fixed:
         yield (
             lambda sim: (
@@ -139,51 +150,47 @@ def _refinements(simulation: SimulationConfig, dataset: Dataset, fixed: set[str]
         )
 
 
-def _change(crystal, dataset, coarse, fine, thickness, dtype, device, cache=None) -> float:
-    """Weighted rms relative change of the scaled intensities of a subset of frames, each
-    the mean over thicknesses ``SPREAD`` × ``thickness``. ``cache`` (settings → intensities)
-    keeps each calculation for the next check: one check's finer settings are the next
-    one's coarse settings."""
-    subset = _frame_subset(dataset, CHECK_FRAMES)
-    crystal = structure_in_data_cell(crystal, subset)
-    cache = {} if cache is None else cache
+def _change(prepared, crystal, coarse, fine, thickness, frames, cache) -> float:
+    """Weighted rms relative change of the scaled intensities of the frames ``frames``
+    (None: all), each the mean over thicknesses ``SPREAD`` × ``thickness``. ``cache``
+    (settings → intensities) keeps each calculation for the next check: one check's finer
+    settings are the next one's coarse settings."""
+    dtype, device = prepared.dtype, prepared.device
     values = []
     for config in (coarse, fine):
         key = config.model_dump_json()
         if key not in cache:
-            sim = FrameSimulator(crystal, subset, config, dtype=dtype, device=device)
+            plan = prepared.plan_for(config, frames)
+            sim = FrameSimulator(plan, crystal_model(crystal, plan, dtype=dtype, device=device))
             t = torch.as_tensor(thickness * SPREAD, dtype=dtype, device=sim.model.device)
-            t = t.expand(subset.n_frames, -1)
+            t = t.expand(plan.dataset.n_frames, -1)
             with torch.no_grad():
                 ic = sim.intensities(
                     sim.model.atom_tensors(), t, weights=torch.full_like(t, 1 / len(SPREAD))
                 )
-            cache[key] = (sim.used_rows, ic)
+            cache[key] = (plan.used_rows, ic)
         values.append(cache[key])
     rows = np.intersect1d(values[0][0], values[1][0])
     if len(rows) == 0:
         return 0.0
-    refl = subset.reflections
-    frame = torch.as_tensor(subset.frame_index()[rows], device=values[0][1].device)
+    dataset = prepared.dataset
+    refl = dataset.reflections
+    frame = torch.as_tensor(dataset.frame_index()[rows], device=values[0][1].device)
     as_t = lambda x: torch.as_tensor(x, dtype=dtype, device=frame.device)  # noqa: E731
     i_obs, sigma = as_t(refl.intensity[rows]), as_t(refl.sigma[rows])
     scaled = []
     for used, ic in values:
         ic = ic[np.searchsorted(used, rows)]
-        scales = optimal_scales(i_obs, sigma, ic, frame, subset.n_frames)
+        scales = optimal_scales(i_obs, sigma, ic, frame, dataset.n_frames)
         scaled.append(scales[frame] * ic)
     w = 1 / sigma**2
     return float(torch.sqrt((w * (scaled[0] - scaled[1]) ** 2).sum() / (w * scaled[1] ** 2).sum()))
 
 
-def _frame_subset(dataset: Dataset, n: int) -> Dataset:
-    """The data set restricted to ``n`` frames spread over the rotation, with their rows.
-
-    Every frame stays in the frame table (frames without rows cost nothing), so that whole
-    rocking curves use the same grid points and owners as with the full data set.
-    """
-    if dataset.n_frames <= n:
-        return dataset
-    picked = np.unique(np.linspace(0, dataset.n_frames - 1, n).round().astype(int))
-    rows = dataset.reflections.select(np.isin(dataset.frame_index(), picked))
-    return dataclasses.replace(dataset, reflections=rows)
+def _frame_subset(n_frames: int, n: int) -> np.ndarray | None:
+    """``n`` frame rows spread over the rotation (None: every frame, when there are no more
+    than ``n``). Every frame stays in the plan's frame table (frames without rows cost
+    nothing), so that whole rocking curves use the same grid points as with every frame."""
+    if n_frames <= n:
+        return None
+    return np.unique(np.linspace(0, n_frames - 1, n).round().astype(int))

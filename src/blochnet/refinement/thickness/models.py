@@ -14,7 +14,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from blochnet.refine.networks import (
+from blochnet.refinement.networks import (
     LearnedFrameComponent,
     per_frame,
 )

@@ -12,16 +12,14 @@ with every other refined parameter kept, as a measure of how clearly the data de
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 
 from blochnet.crystal import Crystal
-from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
-from blochnet.refine.setup import scan_thickness
-
-AbsoluteStructureMode = Literal["check", "given", "inverted"]
+from blochnet.experiment.prepared import PreparedData
+from blochnet.refinement.config import RefineConfig
+from blochnet.refinement.model import Refinement, build_refinement
+from blochnet.refinement.simulation_settings import scan_thickness
 
 
 @dataclass
@@ -65,15 +63,10 @@ class AbsoluteStructure:
 
 
 def choose_absolute_structure(
-    crystal: Crystal,
-    datasets: list[Dataset],
-    simulation: SimulationConfig,
-    mode: str,
-    *,
-    dtype=torch.float64,
-    device=None,
+    crystal: Crystal, data: list[PreparedData], mode: str
 ) -> tuple[Crystal, AbsoluteStructure]:
-    """The structure to refine (``crystal`` or its inverse) and the record of the choice."""
+    """The structure to refine (``crystal`` or its inverse) and the record of the choice;
+    both hands are scanned with the same plans."""
     if crystal.is_centrosymmetric:
         note = "centrosymmetric: both hands are the same structure"
         return crystal, AbsoluteStructure(mode, False, crystal.spacegroup, note=note)
@@ -84,7 +77,7 @@ def choose_absolute_structure(
     inverse = crystal.inverted()
     scores, thicknesses = {}, {}
     for hand, structure in (("given", crystal), ("inverted", inverse)):
-        scans = [scan_thickness(structure, ds, simulation, dtype, device) for ds in datasets]
+        scans = [scan_thickness(d.simulator(structure), d.observations) for d in data]
         n_obs = sum(merit.n_obs for _, merit in scans)
         scores[hand] = sum(merit.r1_obs * merit.n_obs for _, merit in scans) / max(n_obs, 1)
         thicknesses[hand] = [t for t, _ in scans]
@@ -96,16 +89,13 @@ def choose_absolute_structure(
     return chosen, record
 
 
-def inverse_r_values(model, refined: Crystal, datasets: list[Dataset], config, **build) -> dict:
+def inverse_r_values(
+    model: Refinement, refined: Crystal, data: list[PreparedData], config: RefineConfig
+) -> dict:
     """R values of the refined structure inverted, every other refined parameter (thickness
-    model, orientations, κ; scales refitted in closed form) as refined.
-
-    ``model`` is the refined :class:`~blochnet.refine.run.Refinement`, ``refined`` its
-    crystal; ``build`` goes to :func:`~blochnet.refine.run.build_refinement`.
-    """
-    from blochnet.refine.run import build_refinement
-
-    inverse = build_refinement(refined.inverted(), datasets, config, **build)
+    model, orientations, κ; scales refitted in closed form) as refined, with the same
+    plans."""
+    inverse = build_refinement(data, config, crystal=refined.inverted())
     state = {
         key: value
         for key, value in model.state_dict().items()

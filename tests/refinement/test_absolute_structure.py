@@ -9,13 +9,15 @@ import torch
 from small_data import SIMULATION, small_quartz_frames
 
 from blochnet.examples import example_path
+from blochnet.experiment.prepared import prepare
 from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.crystal_model import CrystalModel
-from blochnet.refine.absolute import choose_absolute_structure
-from blochnet.refine.run import LearningRates, RefineConfig, refine
-from blochnet.refine.thickness import ThicknessConfig
+from blochnet.refinement.absolute import choose_absolute_structure
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.pipeline import refine
+from blochnet.refinement.thickness import ThicknessConfig
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +72,20 @@ def test_structure_factors_of_the_inverse_are_those_of_minus_h_also_for_gemmi(qu
 def test_a_centrosymmetric_structure_has_no_hand_to_check():
     silicon = read_structure(example_path("silicon"))
     assert silicon.is_centrosymmetric
-    chosen, record = choose_absolute_structure(silicon, [], SIMULATION, "check")
+    chosen, record = choose_absolute_structure(silicon, [], "check")
     assert chosen is silicon and not record.inverted and "centrosymmetric" in record.note
 
 
 def test_the_check_finds_the_hand_of_the_data(quartz, inverse_data):
-    chosen, record = choose_absolute_structure(quartz, [inverse_data], SIMULATION, "check")
+    data = [prepare(quartz, inverse_data, SIMULATION)]
+    chosen, record = choose_absolute_structure(quartz, data, "check")
     assert record.inverted and chosen.spacegroup == "P 31 2 1"
     assert record.scan_r_obs["inverted"] < 0.5 * record.scan_r_obs["given"]
     assert record.scan_thickness == [500.0]
     assert "inverse of the file's structure" in record.describe()
-    kept, given = choose_absolute_structure(quartz, [inverse_data], SIMULATION, "given")
+    kept, given = choose_absolute_structure(quartz, data, "given")
     assert kept is quartz and not given.inverted and given.scan_r_obs is None
-    forced, _ = choose_absolute_structure(quartz, [inverse_data], SIMULATION, "inverted")
+    forced, _ = choose_absolute_structure(quartz, data, "inverted")
     assert forced.spacegroup == "P 31 2 1"
 
 
