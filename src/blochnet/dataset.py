@@ -4,8 +4,8 @@ These are numpy/str records without torch state, filled by :func:`blochnet.io.pe
 or built in code (simulations). Geometry derived from them lives in
 :mod:`blochnet.experiment.geometry`.
 
-Axis names follow the project glossary: ``frame`` (virtual frames), ``refl`` (observations,
-one per hkl per frame).
+Axis names follow the project glossary (docs/glossary.md): ``frame`` (virtual frames),
+``refl`` (observations, one per hkl per frame).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from fractions import Fraction
 import numpy as np
 
 from blochnet.crystal import UIJ_NAMES, Crystal
+from blochnet.errors import StructureError
 from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 __all__ = [
@@ -146,16 +147,16 @@ def _site_constraint(label, xyz, rotations, translations, a_matrix, norms, toler
     distances = np.linalg.norm((images + shifts - xyz) @ a_matrix.T, axis=1)
     fixed = np.flatnonzero(distances < tolerance)
     if len(fixed) == 0:
-        raise ValueError(f"atom {label}: the operators contain no identity")
+        raise StructureError(f"atom {label}: the operators contain no identity")
     rot, tran = rotations[fixed], translations[fixed] + shifts[fixed]
     _check_group(label, rot, tran)
     xyz0 = np.mean(rot @ xyz + tran, axis=0)
     n_ops, order = len(rotations), len(fixed)
     if n_ops % order:
-        raise ValueError(f"atom {label}: site group of order {order} does not divide {n_ops}")
+        raise StructureError(f"atom {label}: site group of order {order} does not divide {n_ops}")
     image_ops = _distinct_images(xyz0, rotations, translations, a_matrix, tolerance)
     if len(image_ops) != n_ops // order:
-        raise ValueError(
+        raise StructureError(
             f"atom {label}: {len(image_ops)} distinct images but multiplicity {n_ops // order}; "
             "the atom lies ambiguously close to a special position"
         )
@@ -185,7 +186,7 @@ def _check_group(label: str, rot: np.ndarray, tran: np.ndarray) -> None:
     products = np.concatenate([products_rot, products_tran], axis=1)
     found = np.abs(products[:, None, :] - members[None, :, :]).max(axis=2).min(axis=1)
     if found.max() > 1e-6:
-        raise ValueError(
+        raise StructureError(
             f"atom {label}: the operators that nearly fix it do not form a group; "
             "it lies close to two different special positions"
         )

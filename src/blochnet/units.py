@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from blochnet.errors import ConfigurationError
+
 PLANCK = 6.62607015e-34  # h [J s] (exact)
 SPEED_OF_LIGHT = 299_792_458.0  # c [m/s] (exact)
 ELEMENTARY_CHARGE = 1.602176634e-19  # e [C] (exact)
@@ -26,14 +28,14 @@ def energy_to_wavelength(energy: float) -> float:
     λ = hc / sqrt(eE (2 m0 c^2 + eE)); 200 kV gives 0.0250793 Å.
     """
     if energy <= 0:
-        raise ValueError(f"accelerating voltage must be positive, got {energy} eV")
+        raise ConfigurationError(f"accelerating voltage must be positive, got {energy} eV")
     return HC / math.sqrt(energy * (2 * ELECTRON_REST_ENERGY + energy))
 
 
 def wavelength_to_energy(wavelength: float) -> float:
     """Accelerating voltage [eV] that gives the electron wavelength ``wavelength`` [Å]."""
     if wavelength <= 0:
-        raise ValueError(f"wavelength must be positive, got {wavelength} Å")
+        raise ConfigurationError(f"wavelength must be positive, got {wavelength} Å")
     p = HC / wavelength  # p c [eV]
     return math.sqrt(p**2 + ELECTRON_REST_ENERGY**2) - ELECTRON_REST_ENERGY
 

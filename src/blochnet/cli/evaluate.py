@@ -58,12 +58,12 @@ def evaluate(
 ) -> None:
     import numpy as np
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.config import SelectionRule, SimulationConfig
     from blochnet.experiment.evaluate import score_thicknesses
     from blochnet.experiment.prepared import prepare
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
-    from blochnet.runtime import prepare_compute
 
     if (thickness is None) == (thickness_scan is None):
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")

@@ -40,13 +40,13 @@ def refine(
 ) -> None:
     from rich.console import Console
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
     from blochnet.io.cif import read_structure
     from blochnet.io.cif_write import format_su
     from blochnet.io.pets import read_pets
     from blochnet.refinement.pipeline import refine as run
-    from blochnet.runtime import prepare_compute
 
     prepare_compute(device, threads)
     if example is not None:

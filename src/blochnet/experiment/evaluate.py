@@ -138,7 +138,11 @@ def score_thicknesses(
         scales = optimal_scales(i_obs, sigma, calc[:, j], frame, observations.n_frames)
         merits.append(
             figures_of_merit(
-                i_obs, sigma, scales[frame] * calc[:, j], frame, observations.frame_ids,
+                i_obs,
+                sigma,
+                scales[frame] * calc[:, j],
+                frame,
+                observations.frame_ids,
                 scales=scales,
             )  # fmt: skip
         )

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from blochnet.crystal import Crystal
@@ -125,13 +126,13 @@ class FrameSimulator:
     def intensities(
         self,
         atoms: AtomTensors,
-        thickness: Tensor,
+        thickness: Float[Tensor, "frame sample"],
         *,
-        rotations: Tensor | None = None,
-        weights: Tensor | None = None,
-        absorption: Tensor | float | None = None,
+        rotations: Float[Tensor, "frame 3"] | None = None,
+        weights: Float[Tensor, "frame sample"] | None = None,
+        absorption: Float[Tensor, ""] | float | None = None,
         progress=None,
-    ) -> Tensor:
+    ) -> Float[Tensor, "obs sample"] | Float[Tensor, " obs"]:
         """Intensities of the compared observations at each thickness sample.
 
         Parameters
@@ -150,8 +151,8 @@ class FrameSimulator:
 
         Returns
         -------
-        Tensor (used, sample), each row's rocking-curve integral (see the module doc) at each
-        thickness sample, in units of the incident beam; with ``weights``, (used,): the
+        Tensor (obs, sample), each row's rocking-curve integral (see the module doc) at each
+        thickness sample, in units of the incident beam; with ``weights``, (obs,): the
         weighted sum over samples. Rows follow ``self.used_rows``.
         """
         model = self.model

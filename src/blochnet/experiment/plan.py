@@ -49,8 +49,8 @@ class FramePlan:
     rocking : ``"frame"`` or ``"integrated"`` (``settings.rocking`` resolved for the data).
     selection : which rows are compared, and why not the others.
     windows : integration window of every used row (integrated mode), else None.
-    used_rows : (used,) rows of the reflection table that are simulated.
-    frame_of_used : (used,) frame row of each.
+    used_rows : (obs,) rows of the reflection table that are simulated.
+    frame_of_used : (obs,) frame row of each.
     groups : orientations batched by beam count, as tensors.
     dependencies : (pair, 2) (used row, frame) whenever the row's intensity uses that
         frame's orientation or thickness (its own frame; in integrated mode also neighbours).

@@ -61,8 +61,8 @@ def resolve_rocking(config: SimulationConfig, dataset: Dataset) -> str:
 class RockingWindows:
     """Integration windows of the compared rows on the data set's rotation grid.
 
-    ``start`` and ``stop`` (used,) are grid indices (φ = index·step) of each row's window
-    [start, stop); ``reason`` (used,) is '' where the window is usable, else why not.
+    ``start`` and ``stop`` (obs,) are grid indices (φ = index·step) of each row's window
+    [start, stop); ``reason`` (obs,) is '' where the window is usable, else why not.
     """
 
     start: np.ndarray
@@ -87,7 +87,7 @@ def rocking_windows(dataset: Dataset, rows: np.ndarray, config: SimulationConfig
     frame = dataset.frame_index()[rows]
     alpha = np.radians(dataset.frames.alpha)
     first = np.round((alpha[frame] - reach) / step).astype(np.int64)
-    grid = first[:, None] + np.arange(n_c)[None, :]  # (used, cand)
+    grid = first[:, None] + np.arange(n_c)[None, :]  # (obs, cand)
     # rows share grid points: the directions of each distinct point once, then gathered
     lowest = int(grid.min(initial=0))
     points = np.arange(lowest, int(grid.max(initial=0)) + 1)

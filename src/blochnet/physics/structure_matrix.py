@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 
@@ -133,16 +134,20 @@ def structure_matrix(
 
 def structure_matrices(
     batch: BeamBatch,
-    potential: Tensor,
-    excitation: Tensor,
-    k: Tensor,
-    u0: Tensor,
-    absorption: float | Tensor,
-    factor: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
+    potential: Shaped[Tensor, " ref"],
+    excitation: Float[Tensor, "orient beam"],
+    k: Float[Tensor, ""],
+    u0: Float[Tensor, ""],
+    absorption: float | Float[Tensor, ""],
+    factor: Float[Tensor, "orient beam"] | None = None,
+) -> tuple[Shaped[Tensor, "orient beam beam"], Shaped[Tensor, "orient beam beam"] | None]:
     """Elastic matrix A and, for κ = ``absorption`` > 0 or a tensor (differentiable, even
     at 0), the absorptive matrix A' with U'_g = κ U_g (diagonal κ U₀); None without
-    absorption."""
+    absorption.
+
+    ``potential`` (ref,): U_g [Å⁻²] of ``batch.differences``; ``excitation`` (orient,
+    beam): s_g [Å⁻¹]; ``k``: |K| [Å⁻¹]; ``u0``: U₀ [Å⁻²]; ``factor`` (orient, beam): the
+    inclined-surface factors (module notes), None for a surface normal to the beam."""
     a = structure_matrix(batch, potential, excitation, k, factor)
     if not isinstance(absorption, Tensor) and absorption <= 0:
         return a, None

@@ -106,7 +106,7 @@ class Objective(nn.Module):
         return None if self.orientation is None else self.orientation()
 
     def calculated(self) -> tuple[Tensor, Tensor]:
-        """Unscaled Ic (used,) and the scales (frame,): fitted on the fit set, and for a
+        """Unscaled Ic (obs,) and the scales (frame,): fitted on the fit set, and for a
         frame with no fit rows (a held-out frame) on its own rows, the one quantity a
         held-out frame sets itself."""
         samples, weights = self.thickness()

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
@@ -22,12 +23,14 @@ from blochnet.refinement.networks import (
 DEFAULT_T_RANGE = (300.0, 1100.0)  # [Å], the paper's range of the mean thickness
 OUTPUT_INIT = 0.01  # initial weight scale of the networks' output layers (see networks.py)
 ThicknessKind = Literal["global", "frame", "profile", "neural", "neural-grid"]
+# what every thickness model returns: samples [Å] and weights (summing to 1 per frame)
+Samples = tuple[Float[Tensor, "frame sample"], Float[Tensor, "frame sample"]]
 
 
 class ThicknessModel(nn.Module):
     """Interface of every thickness model (see the module docstring)."""
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         """samples (frame, sample) [Å] and weights (frame, sample), summing to 1 per frame."""
         raise NotImplementedError
 
@@ -55,7 +58,7 @@ class GlobalThickness(ThicknessModel):
         self.register_buffer("t0", torch.as_tensor(per_frame(t0, 1)[0], dtype=dtype))
         self.log_ratio = nn.Parameter(torch.zeros((), dtype=dtype))
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         t = (self.t0 * torch.exp(self.log_ratio)).expand(self.n_frames, 1)
         return t, torch.ones_like(t)
 
@@ -72,7 +75,7 @@ class FrameThickness(ThicknessModel):
         self.register_buffer("t0", torch.as_tensor(per_frame(t0, int(n_frames)), dtype=dtype))
         self.log_ratio = nn.Parameter(torch.zeros(int(n_frames), dtype=dtype))
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         t = (self.t0 * torch.exp(self.log_ratio))[:, None]
         return t, torch.ones_like(t)
 
@@ -103,6 +106,6 @@ class ProfileThickness(LearnedFrameComponent, ThicknessModel):
         self.register_buffer("t0", torch.as_tensor(per_frame(t0, 1)[0], dtype=dtype))
         self.coefficients = nn.Parameter(torch.zeros(int(degree) + 1, dtype=dtype))
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         t = (self.t0 * torch.exp(self.basis @ self.coefficients))[:, None]
         return t, torch.ones_like(t)

@@ -27,7 +27,12 @@ from blochnet.refinement.networks import (
     per_frame,
     start_and_range,
 )
-from blochnet.refinement.thickness.models import DEFAULT_T_RANGE, OUTPUT_INIT, ThicknessModel
+from blochnet.refinement.thickness.models import (
+    DEFAULT_T_RANGE,
+    OUTPUT_INIT,
+    Samples,
+    ThicknessModel,
+)
 
 
 class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
@@ -131,7 +136,7 @@ class NeuralGaussianThickness(LearnedFrameComponent, ThicknessModel):
         lam = torch.sigmoid(z[:, 2]) if self.flexible else torch.zeros_like(mu)
         return mu, sigma, lam
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         mu, sigma, lam = self.parameters_per_frame()
         nodes = self.eps.expand(self.n_frames, -1)
         if self.flexible:
@@ -218,7 +223,7 @@ class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
             dtype=dtype,
         )
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Samples:
         weights = torch.softmax(self.prior + self.network(self.features), dim=-1)
         return self.grid.expand_as(weights), weights
 
