@@ -3,6 +3,7 @@ by both hands, the thickness scans, the set-up checks, the model and the final s
 
 import dataclasses
 import inspect
+import json
 import warnings
 
 import pytest
@@ -17,6 +18,7 @@ from blochnet.io.cif import read_structure
 from blochnet.refinement.config import LearningRates, RefineConfig
 from blochnet.refinement.pipeline import refine
 from blochnet.refinement.thickness import ThicknessConfig
+from blochnet.refinement.timings import Stage, Timings
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,25 @@ def test_each_settings_is_planned_once_and_the_cell_warning_is_shown_once(
     assert any(line.startswith("absolute structure") for line in lines) and checks
     assert len(builds) == 1 + len(checks)
     assert len(set(builds)) == len(builds)  # no settings planned twice
+    timings = json.loads((tmp_path / "report.json").read_text())["timings"]
+    names = [stage["name"] for stage in timings["stages"]]
+    assert names == [
+        "prepare", "hand", "settings", "build", "epochs", "epochs: forward",
+        "epochs: backward", "s.u.", "inverse", "outputs",
+    ]  # fmt: skip
+    assert all(stage["seconds"] >= 0 for stage in timings["stages"])
+    assert timings["peak_memory_gb"] > 0.05  # a Python process with torch loaded
+    assert sum(s["seconds"] for s in timings["stages"][:5]) <= timings["wall_time_s"]
+
+
+def test_the_summary_line_sums_repeated_stages_and_nests_parts():
+    timings = Timings(stages=[
+        Stage("read", 0.25, 0.1), Stage("epochs", 20.0, 2.0), Stage("epochs: forward", 8.0, None),
+        Stage("epochs: backward", 12.0, None), Stage("epochs", 10.0, 1.5),
+    ])  # fmt: skip
+    assert timings.summary() == (
+        "time: read 0.2 s, epochs 30 s (forward 8.0 s, backward 12 s); peak memory 2.00 GB"
+    )
 
 
 def test_refine_is_a_plain_function_with_a_real_signature():

@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
@@ -30,7 +31,8 @@ __all__ = ["app", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 EXIT_USER_ERROR = 2  # the status click uses for usage errors too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
-_USER_ERRORS = (BlochnetError, FileNotFoundError)
+# a setting that fails its configuration model's validation is the user's, too
+_USER_ERRORS = (BlochnetError, FileNotFoundError, ValidationError)
 # modules of blochnet.cli, each with register(app)
 _COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot")
 
@@ -54,6 +56,11 @@ class _BlochnetGroup(TyperGroup):
 def _message(error: BaseException) -> str:
     if isinstance(error, FileNotFoundError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or 'file not found'}"
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, item['loc']))}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
     return str(error) or type(error).__name__
 
 

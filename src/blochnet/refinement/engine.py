@@ -36,6 +36,8 @@ class EpochRecord:
     r_obs: float = math.nan
     r_obs_frame_mean: float = math.nan
     r_free: float = math.nan  # pooled R1(obs) of the held-out observations
+    forward_s: float = math.nan  # seconds of the objective's evaluation (the simulation)
+    backward_s: float = math.nan  # seconds of its gradient
 
 
 def _group_of(name: str) -> str:
@@ -140,8 +142,10 @@ def optimise_adam(
         optimiser.zero_grad()
         loss = objective()
         _check_finite(objective, loss, good)
+        forward = time.perf_counter()
         loss.backward()
         _check_finite(objective, loss, good, gradients=True)
+        backward = time.perf_counter()
         good = copy.deepcopy(objective.state_dict())
         extra = merit() if merit is not None else {}
         if method == "lbfgs":
@@ -152,7 +156,10 @@ def optimise_adam(
             after_step()
         value = float(loss.detach())
         wr2 = extra.pop("wr2", math.sqrt(value / sum_w_io2))
-        record = EpochRecord(epoch + 1, value, wr2, time.perf_counter() - tick, **extra)
+        record = EpochRecord(
+            epoch + 1, value, wr2, time.perf_counter() - tick, **extra,
+            forward_s=forward - tick, backward_s=backward - forward,
+        )  # fmt: skip
         history.append(record)
         if report is not None:
             report(record)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from blochnet.crystal import Crystal
@@ -35,6 +36,7 @@ from blochnet.refinement.gauss_newton import LMRecord, levenberg_marquardt
 from blochnet.refinement.model import Refinement, build_refinement
 from blochnet.refinement.report import count_parameters, refined_crystal, write_report
 from blochnet.refinement.simulation_settings import choose_settings
+from blochnet.refinement.timings import Timings
 from blochnet.refinement.uncertainty import structure_uncertainties
 
 Say = Callable[[str], None] | None
@@ -72,6 +74,7 @@ def refine(
     lm_report: Callable[[LMRecord], None] | None = None,
     setup_report: Say = None,
     stage_report: Say = None,
+    timings: Timings | None = None,
 ) -> RefinementResult:
     """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
 
@@ -84,45 +87,60 @@ def refine(
     ``config.json``; each choice goes to ``setup_report``. Adam runs first (every group,
     networks included), then ``config.lm_iterations`` Levenberg–Marquardt steps on the
     physical parameters; ``report`` and ``lm_report`` get their records, and the stages
-    after them (s.u., the inverse) are announced through ``stage_report``.
+    after them (s.u., the inverse) are announced through ``stage_report``. The wall time
+    and peak memory of every stage go to ``report.json`` (``timings``: a record that
+    already holds earlier stages, such as reading the files, continues it).
     """
-    clock = time.perf_counter()
+    timings = timings or Timings(device=str(device or "cpu"))
     config = config or RefineConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = _saved_start(out) if resume else None
     simulation = saved["simulation"] if saved else config.simulation
-    data = [prepare(crystal, ds, simulation, dtype=dtype, device=device) for ds in datasets]
+    with timings.stage("prepare"):
+        data = [prepare(crystal, ds, simulation, dtype=dtype, device=device) for ds in datasets]
     if saved:
         start = _resumed(data, config, saved)
     else:
-        start = _chosen(data, config, setup_report)
+        start = _chosen(data, config, setup_report, timings)
     _write_start(out / "config.json", start)
-    model = build_refinement(start.data, start.config, crystal=start.crystal, starts=start.starts)
-    history = _optimise(model, start.config, out, resume, report, lm_report)
-    su = _uncertainties(model, stage_report)
+    with timings.stage("build"):
+        model = build_refinement(
+            start.data, start.config, crystal=start.crystal, starts=start.starts
+        )
+    with timings.stage("epochs"):
+        history = _optimise(model, start.config, out, resume, report, lm_report)
+    for part in ("forward", "backward"):  # (nan for epochs of a run resumed from an old version)
+        timings.add(f"epochs: {part}", float(np.nansum([getattr(h, f"{part}_s") for h in history])))
+    with timings.stage("s.u."):
+        su = _uncertainties(model, stage_report)
     refined = refined_crystal(model.structure, su)
-    absolute = _absolute_record(model, refined, start, stage_report)
-    written = write_report(
-        model, refined, history, start.config, out, wall_time=time.perf_counter() - clock,
-        su=su, absolute_structure=absolute,
-    )  # fmt: skip
+    with timings.stage("inverse"):
+        absolute = _absolute_record(model, refined, start, stage_report)
+    with timings.stage("outputs"):
+        written = write_report(
+            model, refined, history, start.config, out,
+            wall_time=time.perf_counter() - timings.started, su=su, absolute_structure=absolute,
+        )  # fmt: skip
+    written = _record_timings(out / "report.json", written, timings)
     return RefinementResult(refined, written, history, out)
 
 
-def _chosen(data: list[PreparedData], config: RefineConfig, say: Say) -> _Start:
+def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: Timings) -> _Start:
     """Stages before the model: the hand, then (``config.auto_setup``) the settings."""
-    crystal, hand = choose_absolute_structure(data[0].crystal, data, config.absolute_structure)
+    with timings.stage("hand"):
+        crystal, hand = choose_absolute_structure(data[0].crystal, data, config.absolute_structure)
     _say(say, hand.describe())
     starts = None
     if config.auto_setup:
-        setup = choose_settings(
-            data,
-            crystal,
-            t0=config.thickness.t0,
-            fixed=set(config.simulation.model_fields_set),
-            scanned=hand.scan_thickness,
-        )
+        with timings.stage("settings"):
+            setup = choose_settings(
+                data,
+                crystal,
+                t0=config.thickness.t0,
+                fixed=set(config.simulation.model_fields_set),
+                scanned=hand.scan_thickness,
+            )
         for line in setup.lines:
             _say(say, line)
         data, starts = setup.data, setup.t0
@@ -200,6 +218,16 @@ def _absolute_record(model: Refinement, refined: Crystal, start: _Start, say: Sa
         _say(say, "absolute structure: scoring the refined structure inverted")
         absolute["inverse_of_refined"] = inverse_r_values(model, refined, start.data, start.config)
     return absolute
+
+
+def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
+    """``report`` with the timings of every stage (the outputs' included), written again."""
+    report = report | {
+        "timings": timings.to_dict(),
+        "wall_time_s": timings.to_dict()["wall_time_s"],
+    }
+    write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def _say(say: Say, line: str) -> None:
