@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from refine.small_data import SIMULATION, small_quartz_frames
+from refinement.small_data import SIMULATION, small_quartz_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -53,8 +53,9 @@ def tutorial(tmp_path_factory):
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
     from blochnet.io.pets_write import write_pets
-    from blochnet.refine.run import RefineConfig, refine
-    from blochnet.refine.thickness import ThicknessConfig
+    from blochnet.refinement.config import RefineConfig
+    from blochnet.refinement.pipeline import refine
+    from blochnet.refinement.thickness import ThicknessConfig
 
     folder = tmp_path_factory.mktemp("tutorial")
     crystal = read_structure(example_path("quartz"))

@@ -68,13 +68,12 @@ def evaluate(
 ) -> None:
     import numpy as np
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.config import SelectionRule, SimulationConfig
-    from blochnet.experiment.evaluate import evaluate as run
-    from blochnet.experiment.evaluate import structure_in_data_cell
-    from blochnet.experiment.frames import FrameSimulator
+    from blochnet.experiment.evaluate import score_thicknesses
+    from blochnet.experiment.prepared import prepare
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
-    from blochnet.runtime import prepare_compute
 
     if structure.is_dir():  # a finished refinement: its saved end state
         from blochnet.cli.evaluate_state import evaluate_directory
@@ -96,9 +95,9 @@ def evaluate(
         selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
     )
     dataset = read_pets(data)
-    crystal = structure_in_data_cell(read_structure(structure), dataset)
+    prepared = prepare(read_structure(structure), dataset, config, device=device)
+    simulator = prepared.simulator()
     err = Console(stderr=True)
-    simulator = FrameSimulator(crystal, dataset, config, device=device)
     columns = (
         TextColumn("simulating frames"),
         BarColumn(),
@@ -108,8 +107,8 @@ def evaluate(
     )
     with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("simulate", total=simulator.n_orientations)
-        result = run(
-            crystal, dataset, grid, simulator=simulator, progress=lambda n: bar.advance(task, n)
+        result = score_thicknesses(
+            simulator, prepared.observations, grid, progress=lambda n: bar.advance(task, n)
         )
     if as_json:
         typer.echo(strict_json.dumps(result.to_dict(), indent=1))

@@ -1,5 +1,5 @@
 """``blochnet evaluate DIR``: the R values of a finished refinement, simulated again from
-its saved end state (:mod:`blochnet.refine.end_state`)."""
+its saved end state (:mod:`blochnet.refinement.end_state`)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def evaluate_directory(
     directory: Path, data: Path | None, *, as_json: bool, device: str, threads: int
 ) -> None:
     """Rescore the end state in ``directory`` against its data (or ``data``) and print it."""
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.io.pets import read_pets
-    from blochnet.refine.end_state import load_end_state, rescore
-    from blochnet.runtime import prepare_compute
+    from blochnet.refinement.end_state import load_end_state, rescore
 
     prepare_compute(device, threads)
     state = load_end_state(directory)

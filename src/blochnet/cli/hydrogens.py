@@ -24,7 +24,7 @@ def hydrogens(
 
     from blochnet.io.cif import read_structure
     from blochnet.io.cif_write import write_structure
-    from blochnet.refine.hydrogens import place_hydrogens
+    from blochnet.refinement.hydrogens import place_hydrogens
 
     groups = {}
     for item in group:

@@ -177,8 +177,8 @@ def pattern(
 ) -> None:
     import torch
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.pattern import simulate_pattern
-    from blochnet.runtime import prepare_compute
 
     if voltage <= 0:
         raise ConfigurationError(f"--voltage must be > 0 kV, got {voltage:g}")

@@ -40,13 +40,14 @@ def refine(
 ) -> None:
     from rich.console import Console
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
     from blochnet.io.cif import read_structure
     from blochnet.io.cif_write import format_su
     from blochnet.io.pets import read_pets
-    from blochnet.refine.run import refine as run
-    from blochnet.runtime import prepare_compute
+    from blochnet.refinement.pipeline import refine as run
+    from blochnet.refinement.timings import Timings
 
     prepare_compute(device, threads)
     if example is not None:
@@ -58,8 +59,10 @@ def refine(
     settings = load_config(config)
     if epochs is not None:
         settings.epochs = epochs
-    crystal = read_structure(files[0])
-    datasets = [read_pets(path) for path in files[1:]]
+    timings = Timings(device=device)
+    with timings.stage("read"):
+        crystal = read_structure(files[0])
+        datasets = [read_pets(path) for path in files[1:]]
     console = Console(stderr=True)
 
     def report(record):
@@ -90,6 +93,7 @@ def refine(
         lm_report=lm_report,
         setup_report=None if quiet else (lambda line: console.print(f"setup: {line}")),
         stage_report=None if quiet else console.print,
+        timings=timings,
     )
     r = result.report
     hand = r["absolute_structure"] or {}
@@ -115,6 +119,7 @@ def refine(
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
+        + f"{timings.summary()}\n"
         + (f"partial charges (e): {charges}\n" if charges else "")
         + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
         + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv, "
@@ -136,7 +141,7 @@ def load_config(path: Path | None):
     from pydantic import ValidationError
 
     from blochnet.errors import InputFileError
-    from blochnet.refine.run import RefineConfig
+    from blochnet.refinement.config import RefineConfig
 
     if path is None:
         return RefineConfig()

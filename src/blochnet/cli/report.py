@@ -18,7 +18,7 @@ def report(
 ) -> None:
     from rich.console import Console
 
-    from blochnet.refine.html_report import write_html_report
+    from blochnet.refinement.html_report import write_html_report
 
     Console().print(f"wrote {write_html_report(folder)}")
 

@@ -23,10 +23,10 @@ import gemmi
 import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell
+from blochnet.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.errors import InputFileError
-from blochnet.experiment.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
-from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.units import wavelength_to_energy
+from blochnet.lattice import reciprocal_matrix
+from blochnet.units import wavelength_to_energy
 
 _CELL_TAGS = tuple(("_cell_length_" if n in "abc" else "_cell_angle_") + n for n in CELL_NAMES)
 _UB_TAGS = tuple(f"_diffrn_orient_matrix_UB_{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3))
