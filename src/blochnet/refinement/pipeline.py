@@ -24,6 +24,7 @@ from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.prepared import PreparedData, prepare
+from blochnet.io import strict_json
 from blochnet.io.atomic import write_text_atomically
 from blochnet.refinement.absolute import (
     AbsoluteStructure,
@@ -178,7 +179,7 @@ def _write_start(path: Path, start: _Start) -> None:
         "starting_thickness": start.starts,
         "absolute_structure": start.hand.to_dict(),
     }
-    write_text_atomically(path, json.dumps(record, indent=1) + "\n")
+    write_text_atomically(path, strict_json.dumps(record, indent=1) + "\n")
 
 
 def _optimise(
@@ -227,7 +228,7 @@ def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
         "timings": timings.to_dict(),
         "wall_time_s": timings.to_dict()["wall_time_s"],
     }
-    write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+    write_text_atomically(path, strict_json.dumps(report, indent=1) + "\n")
     return report
 
 
