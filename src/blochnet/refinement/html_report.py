@@ -5,7 +5,8 @@ Built from the files of the output folder alone (``report.json``, ``refined.cif`
 figures are PNG embedded as data URIs and the style is inline: the page opens offline and
 fetches nothing. Sections: the R values (pooled, per data set and merged, with R_int),
 the figures (thickness distributions, per-frame R and scale, Io against Ic, convergence),
-the atoms with s.u., bond lengths and angles, the difference-map peaks (table and plot),
+the thickness scan of the set-up (R1(obs) against one thickness for every frame, both
+hands where the absolute structure was checked), the atoms with s.u., bond lengths and angles, the difference-map peaks (table and plot),
 the most disagreeable observations and the settings.
 """
 
@@ -52,6 +53,7 @@ def write_html_report(out: str | Path) -> Path:
             "angle, with mean and mean ± width; (b) R1(obs) and scale per frame; (c) Io "
             "against the scaled Ic; (d) R values per epoch.</p>"
         )
+    parts += _thickness_scan(report)
     parts += _atoms(report)
     parts += _geometry(out / "refined.cif")
     parts += _difference_map(report)
@@ -167,6 +169,35 @@ def _difference_map(report: dict) -> list[str]:
     if matplotlib_available():
         out.append(_img(_peaks_figure(diff), "difference peaks"))
     return out
+
+
+def _thickness_scan(report: dict) -> list[str]:
+    """The set-up's scans of one thickness for every frame (both hands where the absolute
+    structure was checked), as R1(obs) against thickness."""
+    scans = report.get("thickness_scan") or []
+    if not scans or not matplotlib_available():
+        return []
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3), layout="constrained")
+    axes = figure.subplots()
+    for scan in scans:
+        label = f"{Path(scan['dataset']).name}, {scan['hand']}"
+        r1 = [100 * r if r is not None else float("nan") for r in scan["r1_obs"]]
+        (line,) = axes.plot(scan["thickness"], r1, marker=".", label=label)
+        axes.axvline(scan["best"], color=line.get_color(), linestyle=":", linewidth=0.8)
+    axes.set_xlabel("thickness (Å), one for every frame")
+    axes.set_ylabel("R1(obs) pooled (%)")
+    axes.set_title("thickness scan before refinement (dotted: the lowest R1(obs))")
+    axes.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    note = (
+        "<p class=note>The structure as given (and inverted, where the absolute structure "
+        "was checked) at one thickness for every frame; the lowest R1(obs) starts the "
+        "thickness model.</p>"
+    )
+    return ["<h2>Thickness scan</h2>", _img(buffer.getvalue(), "thickness scan"), note]
 
 
 def _disagreeable(report: dict) -> list[str]:

@@ -60,6 +60,7 @@ class _Start:
     config: RefineConfig
     data: list[PreparedData]
     starts: list[float] | None
+    scans: list[dict]  # thickness scans made to choose them (ThicknessScan records)
 
 
 def refine(
@@ -123,6 +124,7 @@ def refine(
         written = write_report(
             model, refined, history, start.config, out,
             wall_time=time.perf_counter() - timings.started, su=su, absolute_structure=absolute,
+            thickness_scan=start.scans,
         )  # fmt: skip
     written = _record_timings(out / "report.json", written, timings)
     return RefinementResult(refined, written, history, out)
@@ -133,7 +135,7 @@ def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: T
     with timings.stage("hand"):
         crystal, hand = choose_absolute_structure(data[0].crystal, data, config.absolute_structure)
     _say(say, hand.describe())
-    starts = None
+    starts, scans = None, list(hand.scans or [])
     if config.auto_setup:
         with timings.stage("settings"):
             setup = choose_settings(
@@ -145,9 +147,9 @@ def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: T
             )
         for line in setup.lines:
             _say(say, line)
-        data, starts = setup.data, setup.t0
+        data, starts, scans = setup.data, setup.t0, scans + setup.scans
         config = config.model_copy(update={"simulation": setup.simulation})
-    return _Start(crystal, hand, config, data, starts)
+    return _Start(crystal, hand, config, data, starts, scans)
 
 
 def _saved_start(out: Path) -> dict | None:
@@ -160,6 +162,7 @@ def _saved_start(out: Path) -> dict | None:
     return {
         "simulation": SimulationConfig.model_validate(saved["simulation"]),
         "starts": saved.get("starting_thickness"),
+        "scans": saved.get("thickness_scan") or [],
         "hand": AbsoluteStructure.from_dict(
             saved.get("absolute_structure", {"mode": "given", "inverted": False})
         ),
@@ -171,13 +174,14 @@ def _resumed(data: list[PreparedData], config: RefineConfig, saved: dict) -> _St
     hand = saved["hand"]
     crystal = data[0].crystal.inverted() if hand.inverted else data[0].crystal
     config = config.model_copy(update={"simulation": saved["simulation"]})
-    return _Start(crystal, hand, config, data, saved["starts"])
+    return _Start(crystal, hand, config, data, saved["starts"], saved["scans"])
 
 
 def _write_start(path: Path, start: _Start) -> None:
     record = json.loads(start.config.model_dump_json()) | {
         "starting_thickness": start.starts,
         "absolute_structure": start.hand.to_dict(),
+        "thickness_scan": start.scans,
     }
     write_text_atomically(path, strict_json.dumps(record, indent=1) + "\n")
 

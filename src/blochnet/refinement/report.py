@@ -71,6 +71,7 @@ def write_report(
     wall_time: float,
     su: dict | None = None,
     absolute_structure: dict | None = None,
+    thickness_scan: list[dict] | None = None,
 ) -> dict:
     """Write ``report.json``, ``refined.cif``, ``observations.csv`` (every compared
     observation with its calculated intensity, as SHELXL's .fcf), ``thickness.csv`` (every
@@ -146,6 +147,7 @@ def write_report(
         "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
         "conditional on the refined thickness model and orientations",
         "wall_time_s": wall_time,
+        "thickness_scan": thickness_scan or [],
         "figure": FIGURE if config.plot and matplotlib_available() else None,
         "config": json.loads(config.model_dump_json()),
     }
