@@ -69,6 +69,15 @@ class PreparedData:
             _plans={(settings.model_dump_json(), None): plan},
         )
 
+    def with_dtype(self, dtype: torch.dtype) -> PreparedData:
+        """The same data set and settings with tensors of ``dtype`` (its plan built again:
+        the plan's tensors carry the precision)."""
+        if dtype == self.dtype:
+            return self
+        plan = build_plan(self.dataset, self.settings, dtype=dtype, device=self.device)
+        key = (self.settings.model_dump_json(), None)
+        return dataclasses.replace(self, plan=plan, dtype=dtype, _plans={key: plan})
+
     def with_crystal(self, crystal: Crystal) -> PreparedData:
         """The same data and plans with another structure of the same cell (e.g. the other
         hand)."""

@@ -6,8 +6,9 @@ figures are PNG embedded as data URIs and the style is inline: the page opens of
 fetches nothing. Sections: the R values (pooled, per data set and merged, with R_int),
 the figures (thickness distributions, per-frame R and scale, Io against Ic, convergence),
 the thickness scan of the set-up (R1(obs) against one thickness for every frame, both
-hands where the absolute structure was checked), the atoms with s.u., bond lengths and angles, the difference-map peaks (table and plot),
-the most disagreeable observations and the settings.
+hands where the absolute structure was checked), the atoms with s.u., bond lengths and
+angles, the difference-map peaks (table and plot), the most disagreeable observations and
+the settings.
 """
 
 from __future__ import annotations

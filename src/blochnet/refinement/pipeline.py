@@ -69,7 +69,6 @@ def refine(
     out_dir: str | Path,
     config: RefineConfig | None = None,
     *,
-    dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     resume: bool = False,
     report: Callable[[EpochRecord], None] | None = None,
@@ -88,7 +87,8 @@ def refine(
     settings the configuration leaves open are chosen from the data and saved in
     ``config.json``; each choice goes to ``setup_report``. Adam runs first (every group,
     networks included), then ``config.lm_iterations`` Levenberg–Marquardt steps on the
-    physical parameters; ``report`` and ``lm_report`` get their records, and the stages
+    physical parameters (``config.precision``: float64, float32, or float32 then float64
+    for the last epochs); ``report`` and ``lm_report`` get their records, and the stages
     after them (s.u., the inverse) are announced through ``stage_report``. The wall time
     and peak memory of every stage go to ``report.json`` (``timings``: a record that
     already holds earlier stages, such as reading the files, continues it).
@@ -99,6 +99,7 @@ def refine(
     out.mkdir(parents=True, exist_ok=True)
     saved = _saved_start(out) if resume else None
     simulation = saved["simulation"] if saved else config.simulation
+    dtype = torch.float64 if config.precision == "float64" else torch.float32
     with timings.stage("prepare"):
         data = [prepare(crystal, ds, simulation, dtype=dtype, device=device) for ds in datasets]
     if saved:
@@ -112,7 +113,7 @@ def refine(
             start.data, start.config, crystal=start.crystal, starts=start.starts
         )
     with timings.stage("epochs"):
-        history = _optimise(model, start.config, out, resume, report, lm_report)
+        model, history = _optimise(model, start, out, resume, report, lm_report)
     for part in ("forward", "backward"):  # (nan for epochs of a run resumed from an old version)
         timings.add(f"epochs: {part}", float(np.nansum([getattr(h, f"{part}_s") for h in history])))
     with timings.stage("s.u."):
@@ -187,20 +188,47 @@ def _write_start(path: Path, start: _Start) -> None:
 
 
 def _optimise(
-    model: Refinement, config: RefineConfig, out: Path, resume: bool, report, lm_report
-) -> list[EpochRecord]:
-    """Adam (or L-BFGS) over every group, then Levenberg–Marquardt when configured."""
+    model: Refinement, start: _Start, out: Path, resume: bool, report, lm_report
+) -> tuple[Refinement, list[EpochRecord]]:
+    """Adam (or L-BFGS) over every group, then Levenberg–Marquardt when configured; with
+    mixed precision the last epochs (and every stage after them) run in float64 on a
+    float64 copy of the model, which is returned (``start.data`` then holds float64 data)."""
+    config = start.config
+    checkpoint = out / "checkpoint.pt"
+    if config.precision != "mixed":
+        history = _adam(model, config, checkpoint, resume, report, epochs=config.epochs)
+    else:
+        first = max(config.epochs - config.final_float64_epochs, 0)
+        history = []
+        if first and not (resume and _epochs_done(checkpoint) >= first):
+            history = _adam(model, config, checkpoint, resume, report, epochs=first)
+        start.data = [d.with_dtype(torch.float64) for d in start.data]
+        final = build_refinement(start.data, config, crystal=start.crystal, starts=start.starts)
+        final.load_state_dict(model.state_dict())  # float32 values, cast to float64
+        model, resume = final, resume or bool(history)
+        epochs = (len(history) if history else first) + config.final_float64_epochs
+        history = _adam(model, config, checkpoint, resume, report, epochs=epochs)
+    if config.lm_iterations:
+        levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
+    return model, history
+
+
+def _adam(model: Refinement, config: RefineConfig, checkpoint: Path, resume, report, *, epochs):
     sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
-    history = optimise_adam(
-        model, epochs=config.epochs, learning_rates=config.learning_rates.model_dump(),
-        sum_w_io2=sum_w_io2, checkpoint=out / "checkpoint.pt",
+    return optimise_adam(
+        model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
+        sum_w_io2=sum_w_io2, checkpoint=checkpoint,
         checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
         report=report, merit=model.last_r_values, method=config.optimiser,
         lr_final=config.lr_final,
     )  # fmt: skip
-    if config.lm_iterations:
-        levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
-    return history
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    """Epochs recorded in ``checkpoint`` (0 without one)."""
+    if not checkpoint.exists():
+        return 0
+    return len(torch.load(checkpoint, weights_only=False).get("history", []))
 
 
 def _uncertainties(model: Refinement, say: Say) -> dict | None:
