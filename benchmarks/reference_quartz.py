@@ -4,10 +4,17 @@ Runs the reference refinement and ``blochnet refine --example quartz`` (defaults
 the other, each in its own subprocess on the CPU, and prints wall time, peak memory (maximum
 resident set size of the child, from ``wait4``, measured the same way for both), R1(obs)
 pooled and frame mean, the number of observations, and the ratios reference / blochnet
-measured in this run. The same goes to ``OUT/benchmark.json``.
+measured in this run, with the CPU time of each child (user + system) beside its wall time
+and the load average before and after each side. The same goes to ``OUT/benchmark.json``.
 
     python benchmarks/reference_quartz.py [--reference-venv PATH] [--epochs N] [--out DIR]
-                                          [--only reference|blochnet]
+                                          [--threads 1] [--only reference|blochnet]
+
+Both children get the same environment, with OMP_NUM_THREADS = MKL_NUM_THREADS = --threads
+(default 1): on a shared 2-core machine two threads per process oversubscribe the cores and
+slow both programs several-fold (the reference's orientation pre-fit: 1–2 s per frame with
+one thread, 7–13 s with two, at load 8). ``--epochs`` shortens both for development;
+``--reference-frames N`` (development only) gives the reference the first N frames.
 
 The reference runs in a venv of its own (Python 3.12), outside every repository:
 
@@ -122,7 +129,7 @@ def experiment_yaml(epochs: int, frames: int | None = None) -> str:
 
 # Runs inside the reference venv: the reference CLI, with its final per-rotation scoring
 # wrapped to keep the per-rotation R1(obs) sums (see the module docstring).
-REFERENCE_RUNNER = r'''
+REFERENCE_RUNNER = r"""
 import json, sys
 import torch
 import diffBloch.engine.forward as fw
@@ -168,7 +175,7 @@ rc = main(argv)
 with open(out_json, "w") as handle:
     json.dump(rows_out, handle)
 sys.exit(rc)
-'''
+"""
 
 
 def run_child(cmd: list[str], *, log: Path, env: dict[str, str], cwd: Path) -> dict:
@@ -202,8 +209,14 @@ def run_reference(
     runner.write_text(REFERENCE_RUNNER)
     rows_json = out / "reference_rotations.json"
     cmd = [
-        str(venv / "bin" / "python"), str(runner), str(rows_json),
-        "refine", str(exp), "--device", "cpu", "--no-checkpoint",
+        str(venv / "bin" / "python"),
+        str(runner),
+        str(rows_json),
+        "refine",
+        str(exp),
+        "--device",
+        "cpu",
+        "--no-checkpoint",
     ]
     print(f"reference: diffBloch {REFERENCE_VERSION}, {epochs} epochs ...", flush=True)
     result = run_child(cmd, log=out / "reference.log", env=env, cwd=out)
@@ -235,7 +248,10 @@ def run_blochnet(out: Path, epochs: int | None, env: dict[str, str]) -> dict:
     dest = out / "blochnet"
     if dest.exists():
         shutil.rmtree(dest)
-    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))}
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")])),
+    }
     cmd = [sys.executable, "-m", "blochnet", "refine", "--example", "quartz", "--out", str(dest)]
     if epochs is not None:
         cmd += ["--epochs", str(epochs)]
@@ -269,8 +285,11 @@ def machine() -> dict:
     try:
         mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
         info["memory_gb"] = round(int(mem) * 1024 / 1e9, 1)
-        cpu = [line for line in Path("/proc/cpuinfo").read_text().splitlines()
-               if line.startswith("model name")]
+        cpu = [
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         info["cpu"] = cpu[0].split(":", 1)[1].strip() if cpu else "?"
     except OSError:
         pass
@@ -288,7 +307,10 @@ def _fmt(value, spec: str, scale: float | None = None) -> str:
 
 
 def table(ref: dict | None, bn: dict | None) -> str:
-    head = f"{'program':<20} {'wall s':>8} {'peak GB':>8} {'R1obs pooled':>13} {'R1obs frames':>13} {'n_obs':>6}"
+    head = (
+        f"{'program':<20} {'wall s':>8} {'CPU s':>8} {'peak GB':>8} {'R1obs pooled':>13} "
+        f"{'R1obs frames':>13} {'n_obs':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in (ref, bn):
         if r is None:
@@ -297,8 +319,10 @@ def table(ref: dict | None, bn: dict | None) -> str:
             lines.append(f"{r['program']:<20} failed (exit {r['returncode']}), see {r['log']}")
             continue
         lines.append(
-            f"{r['program']:<20} {r['wall_time_s']:>8.1f} {r['peak_rss_gb']:>8.2f} "
-            f"{_fmt(r.get('r_obs'), '.2f', 100):>11} % {_fmt(r.get('r_obs_frame_mean'), '.2f', 100):>11} % "
+            f"{r['program']:<20} {r['wall_time_s']:>8.1f} {r['cpu_time_s']:>8.1f} "
+            f"{r['peak_rss_gb']:>8.2f} "
+            f"{_fmt(r.get('r_obs'), '.2f', 100):>11} % "
+            f"{_fmt(r.get('r_obs_frame_mean'), '.2f', 100):>11} % "
             f"{_fmt(r.get('n_obs'), 'd'):>6}"
         )
     return "\n".join(lines)
@@ -306,7 +330,7 @@ def table(ref: dict | None, bn: dict | None) -> str:
 
 def ratios(ref: dict, bn: dict) -> dict:
     out = {}
-    for key in ("wall_time_s", "peak_rss_gb", "r_obs", "r_obs_frame_mean"):
+    for key in ("wall_time_s", "cpu_time_s", "peak_rss_gb", "r_obs", "r_obs_frame_mean"):
         a, b = ref.get(key), bn.get(key)
         out[key] = a / b if a is not None and b else None
     return out
@@ -314,16 +338,41 @@ def ratios(ref: dict, bn: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference-venv", type=Path, default=DEFAULT_VENV,
-                        help=f"venv with diffBloch {REFERENCE_VERSION} (default {DEFAULT_VENV})")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs for both programs (default: reference 40, blochnet its default)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: a new temporary folder)")
-    parser.add_argument("--reference-frames", type=int, default=None, metavar="N",
-                        help="development only: the reference uses the first N frames")
-    parser.add_argument("--only", choices=("reference", "blochnet"), default=None,
-                        help="run one side only (no ratios)")
+    parser.add_argument(
+        "--reference-venv",
+        type=Path,
+        default=DEFAULT_VENV,
+        help=f"venv with diffBloch {REFERENCE_VERSION} (default {DEFAULT_VENV})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs for both programs (default: reference 40, blochnet its default)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: a new temporary folder)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS/MKL_NUM_THREADS of both children (default 1; "
+        "0 leaves the environment as it is)",
+    )
+    parser.add_argument(
+        "--reference-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="development only: the reference uses the first N frames",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("reference", "blochnet"),
+        default=None,
+        help="run one side only (no ratios)",
+    )
     args = parser.parse_args(argv)
 
     python = args.reference_venv / "bin" / "python"
@@ -331,25 +380,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(
             f"error: no reference venv at {args.reference_venv}; create it with "
             f"'PYENV_VERSION=3.12.1 python3.12 -m venv {args.reference_venv} && "
-            f"{args.reference_venv}/bin/pip install diffbloch-{REFERENCE_VERSION}-py3-none-any.whl' "
+            f"{args.reference_venv}/bin/pip install "
+            f"diffbloch-{REFERENCE_VERSION}-py3-none-any.whl' "
             f"(wheel from 'pip download diffbloch=={REFERENCE_VERSION} --no-deps'), "
             "or pass --reference-venv PATH"
         )
     out = (args.out or Path(tempfile.mkdtemp(prefix="bench-reference-quartz-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    if args.threads > 0:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
 
     record = {
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "threads": args.threads or "environment",
         "load_before": load(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
     }
     ref = bn = None
     if args.only != "blochnet":
         ref_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
         ref = run_reference(
-            args.reference_venv, out, args.epochs or REFERENCE_SETTINGS["epochs"], ref_env,
+            args.reference_venv,
+            out,
+            args.epochs or REFERENCE_SETTINGS["epochs"],
+            ref_env,
             args.reference_frames,
         )
         record["reference"] = ref
@@ -363,15 +421,32 @@ def main(argv: list[str] | None = None) -> int:
         record["ratios_reference_over_blochnet"] = ratios(ref, bn)
 
     print()
-    print(f"{record['date_utc']}  {record['machine'].get('cpu', '?')}, {record['machine']['cpus']} CPUs, "
-          f"load {record['load_before']} before")
+    print(
+        f"{record['date_utc']}  {record['machine'].get('cpu', '?')}, "
+        f"{record['machine']['cpus']} CPUs, "
+        f"threads {record['threads']}, load {record['load_before']} before"
+    )
     print(table(ref, bn))
     if "ratios_reference_over_blochnet" in record:
         q = record["ratios_reference_over_blochnet"]
-        print(f"{'reference/blochnet':<20} {q['wall_time_s']:>8.2f} {q['peak_rss_gb']:>8.2f} "
-              f"{q['r_obs']:>13.2f} {q['r_obs_frame_mean']:>13.2f}")
+        print(
+            f"{'reference/blochnet':<20} {q['wall_time_s']:>8.2f} {q['cpu_time_s']:>8.2f} "
+            f"{q['peak_rss_gb']:>8.2f} "
+            f"{q['r_obs']:>13.2f} {q['r_obs_frame_mean']:>13.2f}"
+        )
+    loads = [
+        f"{name} {record[key][0]}"
+        for name, key in (
+            ("before", "load_before"),
+            ("after reference", "load_after_reference"),
+            ("after blochnet", "load_after_blochnet"),
+        )
+        if key in record
+    ]
+    print("load average (1 min): " + ", ".join(loads))
     if ref and ref["returncode"] == 0:
-        print(f"reference R1(obs) frame mean as in its report: {_fmt(ref.get('report_mean_r_obs'), '.2f', 100)} %")
+        as_reported = _fmt(ref.get("report_mean_r_obs"), ".2f", 100)
+        print(f"reference R1(obs) frame mean as in its report: {as_reported} %")
     (out / "benchmark.json").write_text(json.dumps(record, indent=2))
     print(f"written {out / 'benchmark.json'}")
     return 0 if ok else 1
