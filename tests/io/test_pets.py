@@ -1,7 +1,8 @@
-"""Reading and writing PETS2 .cif_pets files: the real shared files, round trips, bad files.
+"""Reading and writing PETS2 .cif_pets files: the real files, round trips, bad files.
 
 Bad files are built in ``tmp_path`` by editing the text of the real files
-(shared/data/experiments, see its README for sources and licences).
+(the package's quartz example and ``tests/data``, see their READMEs for sources and
+licences).
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from blochnet.crystal import Cell
 from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import check_cell, write_pets
-from conftest import shared_data_dir
-
-EXPERIMENTS = shared_data_dir() / "experiments"
+from conftest import dataset_path
 
 
 def _path(name: str) -> Path:
-    return EXPERIMENTS / name / f"{name}.cif_pets"
+    return dataset_path(name)
 
 
 def _text(name: str) -> str:
