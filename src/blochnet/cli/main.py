@@ -44,8 +44,8 @@ class _BlochnetGroup(TyperGroup):
                 raise
             _print_error(_message(error))
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            _print_error("interrupted")
+        except KeyboardInterrupt as error:
+            _print_error(f"interrupted ({error})" if str(error) else "interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from blochnet.experiment.evaluate import structure_in_data_cell
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions
 from blochnet.io.atomic import write_text_atomically
+from blochnet.io.output_folder import check_output_folder
 from blochnet.refine.absolute import (
     AbsoluteStructure,
     AbsoluteStructureMode,
@@ -279,10 +281,13 @@ def refine(
     start = time.perf_counter()
     keep_freed_memory()
     config = config or RefineConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out_dir)
     starts = None
     resolved = out / "config.json"
+    if resume and not (out / "checkpoint.pt").exists():
+        warnings.warn(
+            f"nothing to resume in {out} (no checkpoint.pt): starting at epoch 1", stacklevel=2
+        )
     if resume and resolved.exists():  # the settings chosen when the run started
         saved = json.loads(resolved.read_text(encoding="utf-8"))
         config = config.model_copy(
