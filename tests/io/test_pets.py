@@ -239,9 +239,13 @@ def test_missing_scale_column_and_unknown_scales_mean_one(tmp_path):
 def test_truncated_files_name_the_line(tmp_path):
     text = _text("quartz")
     middle = text.index("\n", len(text) // 2) + 8  # inside a reflection row
-    _fails(_write(tmp_path, text[:middle], "a.cif"), "line 143", "Wrong number of values")
+    cut = text[:middle]
+    last = cut.count("\n") + 1
+    _fails(_write(tmp_path, cut, "a.cif"), f"line {last}: the file ends inside a row", "truncated")
     details = text.index("RC width")
-    _fails(_write(tmp_path, text[:details], "b.cif"), "line 24", "unterminated text field")
+    _fails(
+        _write(tmp_path, text[:details], "b.cif"), "line 21: a text field opened here", "truncated?"
+    )
     frames = text.index("\n  50 ") + 1  # a row boundary in the frame loop
     _fails(_write(tmp_path, text[:frames], "c.cif"), "no _refln_ loop", "_refln_intensity_sigma")
     ub = text.index("_diffrn_orient_matrix_UB_22")
@@ -263,7 +267,7 @@ def test_missing_or_renamed_required_tag_is_named(tmp_path, old, new, fragments)
 
 def test_removed_column_is_a_syntax_error_with_a_line(tmp_path):
     text = _text("quartz").replace("_refln_intensity_sigma\n", "")
-    _fails(_write(tmp_path, text), "line 143", "Wrong number of values")
+    _fails(_write(tmp_path, text), "line 143", "every row has 6 values", "names 5 tags")
 
 
 @pytest.mark.parametrize(

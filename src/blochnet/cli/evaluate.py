@@ -28,8 +28,12 @@ per-frame R.
 
 
 def evaluate(
-    structure: Annotated[Path, typer.Argument(help="structure CIF", show_default=False)],
-    data: Annotated[Path, typer.Argument(help="3D-ED data (.cif_pets)", show_default=False)],
+    structure: Annotated[
+        Path, typer.Argument(metavar="STRUCTURE", help="structure CIF", show_default=False)
+    ],
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA", help="3D-ED data (.cif_pets)", show_default=False)
+    ],
     thickness: Annotated[float | None, typer.Option(help="one thickness [Å]")] = None,
     thickness_scan: Annotated[
         tuple[float, float, int] | None,

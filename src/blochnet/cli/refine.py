@@ -28,7 +28,11 @@ refused); --example quartz refines the bundled quartz data.
 def refine(
     files: Annotated[
         list[Path] | None,
-        typer.Argument(help="STRUCTURE.cif DATA.cif_pets [...]", show_default=False),
+        typer.Argument(
+            metavar="STRUCTURE DATA",
+            help="structure CIF, then one or more 3D-ED data files (.cif_pets)",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("refinement"),
     example: Annotated[str | None, typer.Option(help="bundled example (quartz)")] = None,

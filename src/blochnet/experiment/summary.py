@@ -19,6 +19,7 @@ from collections import Counter
 from os import PathLike
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell, Crystal
@@ -234,7 +235,42 @@ def _structure_oddities(crystal: Crystal, constraints, atoms: list[dict]) -> lis
         odd.append(_odd("su_missing", f"coordinates without s.u.: {_names(missing)}"))
     if not crystal.cell.su:
         odd.append(_odd("su_missing", "no standard uncertainties on the cell"))
+    if mismatch := _cell_against_symmetry(crystal):
+        odd.append(_odd("cell_symmetry", mismatch))
     return odd
+
+
+def _cell_against_symmetry(crystal: Crystal, angle_tol: float = 0.01) -> str:
+    """What in the cell breaks its space group's symmetry ('' if nothing): the metric
+    G = AᵀA must satisfy Rᵀ G R = G for every operator; the parameters of the averaged G
+    are what the space group allows."""
+    a_matrix = direct_matrix(crystal.cell)
+    metric = a_matrix.T @ a_matrix
+    rotations = [np.asarray(op.rotation, dtype=float) for op in crystal.operators]
+    allowed = sum(r.T @ metric @ r for r in rotations) / max(len(rotations), 1)
+    lengths = np.sqrt(np.diag(allowed))
+    cosines = [allowed[j, k] / (lengths[j] * lengths[k]) for j, k in ((1, 2), (0, 2), (0, 1))]
+    wanted = [*lengths, *np.degrees(np.arccos(np.clip(cosines, -1, 1)))]
+    given = crystal.cell.parameters
+    wrong = [
+        f"{name} {have:.4g}{unit} (symmetry needs {need:.4g}{unit})"
+        for name, have, need, unit, tol in zip(
+            ("a", "b", "c", "α", "β", "γ"), given, wanted, ["Å"] * 3 + ["°"] * 3,
+            [1e-4 * max(given[:3])] * 3 + [angle_tol] * 3, strict=True,
+        )
+        if abs(have - need) > tol
+    ]  # fmt: skip
+    if not wrong:
+        return ""
+    system = _crystal_system(crystal.spacegroup)
+    return f"the cell breaks the symmetry of {system}{crystal.spacegroup}: {', '.join(wrong)}"
+
+
+def _crystal_system(symbol: str) -> str:
+    try:
+        return f"the {gemmi.SpaceGroup(symbol).crystal_system_str()} space group "
+    except (ValueError, RuntimeError):
+        return ""
 
 
 def _lacks_su(atom: dict) -> bool:

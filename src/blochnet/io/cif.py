@@ -20,10 +20,20 @@ from gemmi import cif
 from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal
 from blochnet.errors import InputFileError
 from blochnet.io.cif_symmetry import read_symmetry
+from blochnet.io.cif_syntax import parse_cif
 from blochnet.physics.lattice import uij_to_cartesian
 
 __all__ = ["element_symbol", "parse_number", "read_structure"]
 
+_USED_TAGS = (
+    "_cell_length",
+    "_cell_angle",
+    "_symmetry_",
+    "_space_group",
+    "_atom_site",
+    "_atom_type",
+    "_blochnet_",
+)
 _B_TO_U = 1.0 / (8.0 * np.pi**2)  # U = B / (8 π²)
 # partial charges for scattering (no core CIF item holds a charge per site): a loop of
 # CHARGE_TAG_label and CHARGE_TAG_charge [e], written by blochnet's refinements
@@ -96,17 +106,22 @@ def _read_document(path: Path) -> cif.Document:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as error:
         raise InputFileError(path, "", f"cannot read the file ({error.strerror})") from None
-    try:
-        return cif.read_string(text)
-    except (ValueError, RuntimeError) as error:
-        match = re.match(r"^string:(\d+)[:\s]*(?:\d+\(\d+\):\s*)?(.*)$", str(error), re.DOTALL)
-        where, problem = (f"line {match[1]}", match[2]) if match else ("", str(error))
-        raise InputFileError(path, where, f"not valid CIF syntax: {problem}") from None
+    if not text.strip():
+        raise InputFileError(path, "", "the file is empty; expected a CIF with a structure")
+    document, notes = parse_cif(path, text, used=_USED_TAGS)
+    for note in notes:
+        warnings.warn(f"{path}: {note}", stacklevel=4)
+    return document
 
 
 def _atom_block(document: cif.Document, path: Path) -> tuple[cif.Block, list[cif.Block]]:
     blocks = list(document)
     with_atoms = [b for b in blocks if len(b.find_values("_atom_site_fract_x")) > 0]
+    if not with_atoms and any(len(b.find_values("_refln_index_h")) for b in blocks):
+        raise InputFileError(
+            path, "", "this is a 3D-ED data file (it lists reflections and no atom sites), "
+            "not a structure; are the structure and the data file swapped?"
+        )  # fmt: skip
     if not with_atoms:
         names = ", ".join(f"data_{b.name}" for b in blocks) or "none"
         raise InputFileError(

@@ -25,10 +25,12 @@ import numpy as np
 from blochnet.crystal import CELL_NAMES, Cell
 from blochnet.errors import InputFileError
 from blochnet.experiment.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
+from blochnet.io.cif_syntax import parse_cif
 from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.units import wavelength_to_energy
 
 _CELL_TAGS = tuple(("_cell_length_" if n in "abc" else "_cell_angle_") + n for n in CELL_NAMES)
+_USED_TAGS = ("_cell_length", "_cell_angle", "_diffrn_", "_refln_", "_pets_")
 _UB_TAGS = tuple(f"_diffrn_orient_matrix_UB_{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3))
 _FRAME = "_diffrn_zone_axis_"
 _FRAME_COLS = ("id", "u", "v", "w", "precession_angle", "alpha", "beta", "omega", "scale")
@@ -38,7 +40,6 @@ _DETAILS_TAGS = ("_diffrn_measurement_details", "_diffrn_reflns_reduction_proces
 # structured tag _diffrn_measurement_<name>; key "<name with spaces>" in the details text
 _SETTINGS = ("data_collection_geometry", "rotation_axis_position", "mosaicity", "dstarmax")
 _NUMBER = re.compile(r"^([+-]?(?:\d+\.?(\d*)|\.(\d+)))([eE][+-]?\d+)?(?:\((\d+)\))?$")
-_GEMMI_MESSAGE = re.compile(r"^string:(\d+)?(?::\d+)?(?:\(\d+\))?(?: in data_\S+)?:?\s*(.*)$", re.S)
 _MISSING = ("?", ".")
 
 
@@ -190,20 +191,16 @@ def _read_text(path: Path) -> str:
     )
 
 
-def _parse_cif(path: Path, text: str) -> gemmi.cif.Document:
-    try:
-        return gemmi.cif.read_string(text)
-    except (ValueError, RuntimeError) as exc:
-        match = _GEMMI_MESSAGE.match(str(exc))
-        line, message = (match.group(1), match.group(2)) if match else (None, str(exc))
-        where = f"line {line}" if line else ""
-        raise InputFileError(path, where, f"CIF syntax error: {message}") from None
-
-
 def _pick_block(path: Path, doc: gemmi.cif.Document) -> tuple[gemmi.cif.Block, list[str]]:
     if len(doc) == 0:
         raise InputFileError(path, "", "no data block (data_...) in the file")
     hits = [b for b in doc if b.find_value(_UB_TAGS[0]) is not None]
+    structure = any(len(b.find_values("_atom_site_fract_x")) for b in doc)
+    if not hits and structure and not any(len(b.find_values("_refln_index_h")) for b in doc):
+        raise InputFileError(
+            path, "", "this is a structure (it lists atom sites and no reflections), not a "
+            "3D-ED data file; are the structure and the data file swapped?"
+        )  # fmt: skip
     if not hits:
         if len(doc) == 1:
             return doc[0], []
@@ -373,10 +370,10 @@ def read_pets(path: str | PathLike[str]) -> Dataset:
     """Read a PETS2 ``.cif_pets`` file into a :class:`Dataset` (see the module docstring)."""
     path = Path(path)
     text = _read_text(path)
-    doc = _parse_cif(path, text)
+    doc, lenient = parse_cif(path, text, used=_USED_TAGS)
     block, notes = _pick_block(path, doc)
     src = _Source(path, block, text.split("\n"))
-    src.warnings.extend(notes)
+    src.warnings.extend(lenient + notes)
     cell = _read_cell(src)
     wavelength = src.scalar("_diffrn_radiation_wavelength")[0]
     if wavelength <= 0:
