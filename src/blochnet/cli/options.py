@@ -74,14 +74,22 @@ def problem(model: type[BaseModel], error: dict, flags: Mapping[tuple, str]) -> 
     loc = tuple(str(part) for part in error["loc"])
     flag = _flag(error, flags)
     if flag is not None:
-        return f"{flag} {error['input']}: {_message(error)}"
-    *tables, key = loc or ("",)
+        return f"{flag} {_shown(error['input'])}: {_message(error)}"
+    *tables, key = [_shown(part) for part in loc] or [""]
     where = (f"[{'.'.join(tables)}] " if tables else "") + key
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _fields_at(model, tables), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, _fields_at(model, list(loc[:-1])), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"{where}: unknown key{hint}"
     return f"{where} = {error['input']!r}: {_message(error)}"
+
+
+def _shown(value: Any) -> str:
+    """A key or value as the user typed it; quoted when it has spaces or control
+    characters (so that the message stays one readable line)."""
+    text = str(value)
+    plain = text and all(c.isprintable() and not c.isspace() for c in text)
+    return text if plain else repr(text)
 
 
 def _flag(error: dict, flags: Mapping[tuple, str]) -> str | None:

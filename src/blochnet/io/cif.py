@@ -104,6 +104,7 @@ def read_structure(path: str | PathLike[str]) -> Crystal:
 def _read_document(path: Path) -> cif.Document:
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # mixed line endings
     except OSError as error:
         raise InputFileError(path, "", f"cannot read the file ({error.strerror})") from None
     if not text.strip():
@@ -163,6 +164,8 @@ def _number(path: Path, where: str, raw: str | None, *, required: bool = True):
         raise InputFileError(path, where, f"expected a number, got {raw!r}") from None
     if parsed is None and required:
         raise InputFileError(path, where, f"missing value {raw!r}; expected a number")
+    if parsed is not None and not all(np.isfinite(v) for v in parsed if v is not None):
+        raise InputFileError(path, where, f"expected a finite number, got {raw!r}")
     return parsed
 
 

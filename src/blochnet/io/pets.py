@@ -120,6 +120,8 @@ class _Source:
         cols = [
             list(table.column(order.index(j))) if present[j] else None for j in range(len(columns))
         ]
+        if len(table) == 0:
+            raise self.fail(where, "the loop has no rows")
         lines = np.zeros(len(table), dtype=np.int64)
         if item.loop is not None:
             lines = _row_lines(self.lines, item.line_number, item.loop.width(), len(table))
@@ -130,7 +132,7 @@ class _Source:
         dtype = np.int64 if kind is int else np.float64
         try:
             values = np.array(raw, dtype=dtype)
-        except ValueError:
+        except (ValueError, OverflowError):
             values = np.array(
                 [self._value(text, tag, lines, i, kind, default) for i, text in enumerate(raw)],
                 dtype=dtype,
@@ -144,9 +146,12 @@ class _Source:
         if default is not None and text in _MISSING:
             return default
         try:
-            return int(text) if kind is int else _number(text)[0]
+            value = int(text) if kind is int else _number(text)[0]
+            if kind is int and abs(value) >= 2**53:
+                raise ValueError
+            return value
         except ValueError:
-            what = "an integer" if kind is int else "a number"
+            what = "an integer (below 2⁵³)" if kind is int else "a number"
             raise self.fail(_row(tag, lines, i), f"expected {what}, got {text!r}") from None
 
 
@@ -180,7 +185,8 @@ def _read_text(path: Path) -> str:
     bad = re.search(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]", data)
     if bad is None:
         try:
-            return data.decode("utf-8").removeprefix("\ufeff")
+            text = data.decode("utf-8").removeprefix("\ufeff")
+            return text.replace("\r\n", "\n").replace("\r", "\n")  # mixed line endings
         except UnicodeDecodeError as exc:
             offset, problem = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
     else:
