@@ -66,6 +66,7 @@ def evaluate(
     from blochnet.experiment.evaluate import evaluate as run
     from blochnet.experiment.evaluate import structure_in_data_cell
     from blochnet.experiment.frames import FrameSimulator
+    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
     from blochnet.runtime import prepare_compute
@@ -83,8 +84,12 @@ def evaluate(
         absorption=absorption,
         selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
     )
+    check_thickness(grid, "--thickness" if thickness is not None else "--thickness-scan")
     dataset = read_pets(data)
-    crystal = structure_in_data_cell(read_structure(structure), dataset)
+    crystal = read_structure(structure)
+    check_structure(crystal)
+    check_beam_set(g_max, [dataset], "--g-max")
+    crystal = structure_in_data_cell(crystal, dataset)
     err = Console(stderr=True)
     simulator = FrameSimulator(crystal, dataset, config, device=device)
     columns = (

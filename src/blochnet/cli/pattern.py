@@ -178,15 +178,17 @@ def pattern(
     import torch
 
     from blochnet.experiment.pattern import simulate_pattern
+    from blochnet.experiment.sanity import check_structure, check_thickness, check_voltage
     from blochnet.runtime import prepare_compute
 
-    if voltage <= 0:
-        raise ConfigurationError(f"--voltage must be > 0 kV, got {voltage:g}")
+    check_voltage(voltage)
     crystal, name = _load_structure(structure, example)
+    check_structure(crystal)
     prepare_compute(device.value)
     options = dict(g_max=g_max, sg_max=sg_max, absorption=absorption)
     options |= dict(scattering=scattering.value, solver=solver.value)
     thicknesses = [float(label) for label in thickness]
+    check_thickness(thicknesses, "--thickness")
     dtype = torch.float32 if float32 else torch.float64
     result = simulate_pattern(
         crystal,

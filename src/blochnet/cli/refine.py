@@ -45,6 +45,7 @@ def refine(
 ) -> None:
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
+    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
     from blochnet.io.output_folder import claim_output_folder
     from blochnet.io.pets import read_pets
@@ -61,6 +62,10 @@ def refine(
     with claim_output_folder(out):
         crystal = read_structure(files[0])
         datasets = [read_pets(path) for path in files[1:]]
+        check_structure(crystal)
+        check_beam_set(settings.simulation.g_max, datasets, "[simulation] g_max")
+        if settings.thickness.t0 is not None:
+            check_thickness(settings.thickness.t0, "[thickness] t0")
         _refine_and_print(
             crystal, datasets, out, settings, device=device, resume=resume, quiet=quiet
         )

@@ -118,6 +118,7 @@ def simulate(
 ) -> None:
 
     from blochnet.experiment import synthetic
+    from blochnet.experiment.sanity import check_thickness, check_voltage
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
     from blochnet.runtime import prepare_compute
@@ -132,6 +133,10 @@ def simulate(
         given = ", ".join(_FLAGS.get(key, "--geometry") for key in scan)
         raise ConfigurationError(f"--like copies the geometry; do not also give {given}")
     _check_output(out, like)
+    if voltage is not None:
+        check_voltage(voltage)
+    if thickness is not None:
+        check_thickness(thickness, "--thickness")
     prepare_compute(device.value, threads)
     noise = dict(dose=dose, background=background, scale_jitter=scale_jitter, poisson=poisson)
     noise = _settings(synthetic.NoiseModel, **noise)

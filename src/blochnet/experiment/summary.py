@@ -24,6 +24,7 @@ import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell, Crystal
 from blochnet.experiment.dataset import Dataset
+from blochnet.experiment.sanity import close_contacts
 from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
 
 __all__ = ["dataset_summary", "is_pets_file", "structure_summary", "summarize_file"]
@@ -225,7 +226,7 @@ def _structure_oddities(crystal: Crystal, constraints, atoms: list[dict]) -> lis
     ):
         if bad:
             odd.append(_odd("atom_values", f"{kind}: {_names([a['label'] for a in bad])}"))
-    for i, j, distance in _close_contacts(crystal, constraints):
+    for i, j, distance in close_contacts(crystal, CLOSE_CONTACT):
         pair = f"{crystal.atoms[i].label} – {crystal.atoms[j].label}"
         odd.append(_odd("close_contact", f"{pair} {distance:.3f} Å (< {CLOSE_CONTACT} Å)"))
     missing = [a["label"] for a in atoms if _lacks_su(a)]
@@ -276,33 +277,6 @@ def _crystal_system(symbol: str) -> str:
 def _lacks_su(atom: dict) -> bool:
     free = ["xyz".index(name) for name in atom["free_xyz"]]
     return any(atom["xyz_su"][k] is None for k in free)
-
-
-def _close_contacts(crystal: Crystal, constraints) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, distance) of asymmetric-unit atoms with images closer than CLOSE_CONTACT."""
-    if not crystal.atoms:
-        return []
-    rot = np.array([op.rotation for op in crystal.operators], dtype=float)
-    tran = np.array([op.translation for op in crystal.operators], dtype=float)
-    sites, owner = [], []
-    for j, (atom, site) in enumerate(zip(crystal.atoms, constraints, strict=True)):
-        for g in site.image_ops:
-            sites.append(rot[g] @ atom.xyz + tran[g])
-            owner.append(j)
-    sites, owner = np.array(sites) % 1.0, np.array(owner)
-    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij")).reshape(3, -1).T
-    a_matrix = direct_matrix(crystal.cell)
-    found: dict[tuple[int, int], float] = {}
-    for i, atom in enumerate(crystal.atoms):
-        delta = sites - np.asarray(atom.xyz) % 1.0
-        delta -= np.round(delta)
-        cart = (delta[:, None, :] + shifts[None, :, :]) @ a_matrix.T
-        distance = np.linalg.norm(cart, axis=2).min(axis=1)
-        itself = (owner == i) & (distance < 0.01)  # the atom's own site
-        for s in np.flatnonzero((distance < CLOSE_CONTACT) & ~itself):
-            key = (min(i, owner[s]), max(i, owner[s]))
-            found[key] = min(found.get(key, np.inf), float(distance[s]))
-    return [(i, j, d) for (i, j), d in sorted(found.items())]
 
 
 def _composition(counts: Counter) -> dict:

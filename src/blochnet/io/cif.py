@@ -17,7 +17,7 @@ import gemmi
 import numpy as np
 from gemmi import cif
 
-from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal
+from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, cell_range_problem
 from blochnet.errors import InputFileError
 from blochnet.io.cif_symmetry import read_symmetry
 from blochnet.io.cif_syntax import parse_cif
@@ -182,10 +182,8 @@ def _read_cell(path: Path, blocks: list[cif.Block]) -> Cell:
         values.append(value)
         if sigma is not None:
             su[name] = sigma
-        if kind == "length" and value <= 0:
-            raise InputFileError(path, tag, f"expected a positive length in Å, got {value}")
-        if kind == "angle" and not 0 < value < 180:
-            raise InputFileError(path, tag, f"expected an angle in (0, 180)°, got {value}")
+        if problem := cell_range_problem(name, value):
+            raise InputFileError(path, tag, problem)
     ca, cb, cg = np.cos(np.radians(values[3:]))
     if 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg <= 1e-12:
         problem = f"the angles {values[3:]} do not form a cell (zero or imaginary volume)"

@@ -22,7 +22,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from blochnet.crystal import CELL_NAMES, Cell
+from blochnet.crystal import CELL_NAMES, Cell, cell_range_problem
 from blochnet.errors import InputFileError
 from blochnet.experiment.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.io.cif_syntax import parse_cif
@@ -30,6 +30,7 @@ from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.units import wavelength_to_energy
 
 _CELL_TAGS = tuple(("_cell_length_" if n in "abc" else "_cell_angle_") + n for n in CELL_NAMES)
+_WAVELENGTH_RANGE = (0.003, 0.09)  # [Å] electrons of 20 kV to 3 MV
 _USED_TAGS = ("_cell_length", "_cell_angle", "_diffrn_", "_refln_", "_pets_")
 _UB_TAGS = tuple(f"_diffrn_orient_matrix_UB_{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3))
 _FRAME = "_diffrn_zone_axis_"
@@ -219,11 +220,8 @@ def _read_cell(src: _Source) -> Cell:
     values, su = [], {}
     for name, tag in zip(CELL_NAMES, _CELL_TAGS, strict=True):
         value, sigma = src.scalar(tag)
-        limit = (0.0, np.inf) if name in "abc" else (0.0, 180.0)
-        if not limit[0] < value < limit[1]:
-            raise src.fail(
-                src.at(tag), f"expected a value in ({limit[0]}, {limit[1]}), got {value}"
-            )
+        if problem := cell_range_problem(name, value):
+            raise src.fail(src.at(tag), problem)
         values.append(value)
         if sigma is not None:
             su[name] = sigma
@@ -382,8 +380,13 @@ def read_pets(path: str | PathLike[str]) -> Dataset:
     src.warnings.extend(lenient + notes)
     cell = _read_cell(src)
     wavelength = src.scalar("_diffrn_radiation_wavelength")[0]
-    if wavelength <= 0:
-        raise src.fail(src.at("_diffrn_radiation_wavelength"), f"expected > 0, got {wavelength}")
+    low, high = _WAVELENGTH_RANGE
+    if not low <= wavelength <= high:
+        raise src.fail(
+            src.at("_diffrn_radiation_wavelength"),
+            f"{wavelength:g} Å is not the wavelength of electrons in a TEM ({low}–{high} Å, "
+            "20 kV to 3 MV); X-ray data, or another unit?",
+        )
     ub = _read_ub(src, cell)
     frames = _read_frames(src)
     reflections = _read_reflections(src, frames)
