@@ -25,7 +25,7 @@ from blochnet.physics.beams import excitation_errors, reciprocal_lattice_points
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import CrystalModel
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size, structure_matrix
-from blochnet.physics.units import energy_to_wavelength
+from blochnet.units import energy_to_wavelength
 
 N_THICK = 20
 

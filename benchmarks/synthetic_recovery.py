@@ -112,22 +112,24 @@ import torch
 from torch import nn
 
 from blochnet.crystal import Crystal
+from blochnet.dataset import Dataset
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.evaluate import evaluate
+from blochnet.experiment.evaluate import score_thicknesses
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
+from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.experiment.specimen import WedgeThickness
 from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 from blochnet.io.cif import read_structure
-from blochnet.physics.lattice import direct_matrix
-from blochnet.physics.symmetry import site_constraints
-from blochnet.refine.absolute import choose_absolute_structure
-from blochnet.refine.engine import optimise_adam
-from blochnet.refine.gauss_newton import levenberg_marquardt
-from blochnet.refine.report import refined_crystal
-from blochnet.refine.run import LearningRates, RefineConfig, build_refinement
-from blochnet.refine.thickness import ThicknessConfig
+from blochnet.lattice import direct_matrix
+from blochnet.refinement.absolute import choose_absolute_structure
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.engine import optimise_adam
+from blochnet.refinement.gauss_newton import levenberg_marquardt
+from blochnet.refinement.model import build_refinement
+from blochnet.refinement.report import refined_crystal
+from blochnet.refinement.thickness import ThicknessConfig
+from blochnet.sitesym import site_constraints
 
 DISPLACEMENT = 0.1  # [Å] starting displacement of every atom with free coordinates
 START_UISO = 0.02  # [Å²] starting Uiso of every atom
@@ -348,9 +350,10 @@ def refine_config(
     )
 
 
-def build(crystal, dataset, config, *, fit_frames=None, device=None):
-    """The library's refinement model; ``fit_frames`` (frame,) bool keeps other frames out."""
-    model = build_refinement(crystal, [dataset], config, device=device)
+def build(data: PreparedData, config, *, crystal=None, fit_frames=None):
+    """The library's refinement model of ``crystal`` (default: the prepared one) on the
+    prepared data; ``fit_frames`` (frame,) bool keeps other frames out."""
+    model = build_refinement([data], config, crystal=crystal)
     if fit_frames is not None:
         objective = model.objectives[0]
         fit = np.asarray(fit_frames)[objective.simulator.frame_of_used]
@@ -404,15 +407,15 @@ def merit(objective, rows: np.ndarray) -> tuple[float, float]:
     return fm.r1_obs, fm.wr2
 
 
-def starting_thickness(crystal, dataset, case: Case, device=None) -> float:
-    """The single thickness [Å] of lowest R1(obs) for the starting structure."""
-    return evaluate(crystal, dataset, SCAN, config=case.simulation(), device=device).best_thickness
+def starting_thickness(data: PreparedData) -> float:
+    """The single thickness [Å] of lowest R1(obs) for the prepared (starting) structure."""
+    return score_thicknesses(data.simulator(), data.observations, SCAN).best_thickness
 
 
-def true_model(truth_crystal, dataset, truth, case: Case, *, seed: int, device=None):
+def true_model(truth_crystal, data: PreparedData, truth, case: Case, *, seed: int, device=None):
     """The true structure and thickness distribution as a (non-refined) model."""
-    model = build(truth_crystal, dataset, refine_config(case, "global", 500.0, seed=seed),
-                  device=device)  # fmt: skip
+    config = refine_config(case, "global", 500.0, seed=seed)
+    model = build(data, config, crystal=truth_crystal)
     model.objectives[0].thickness = TrueThickness(truth, device=device)
     return model
 
@@ -423,17 +426,18 @@ def recovery(case: Case, *, seed: int = 0, shape: str = "flexible", device=None)
     dataset, truth = synthetic_data(case, truth_crystal, seed=seed, device=device)
     start = displaced(truth_crystal, np.random.default_rng(seed))
     # the displaced start must still be told from its inverse (non-centrosymmetric only)
-    _, hand = choose_absolute_structure(start, [dataset], case.simulation(), "check", device=device)
-    t0 = starting_thickness(start, dataset, case, device)
+    data = prepare(start, dataset, case.simulation(), device=device)
+    _, hand = choose_absolute_structure(data.crystal, [data], "check")
+    t0 = starting_thickness(data)
     config = refine_config(case, "neural", t0, seed=seed, shape=shape)
-    model = build(start, dataset, config, device=device)
+    model = build(data, config)
     objective = model.objectives[0]
     everything = np.ones(objective.simulator.n_used, bool)
     tick = time.perf_counter()
     optimise(model, config, case.schedule)
     seconds = time.perf_counter() - tick
     refined = refined_crystal(model.structure)
-    reference = true_model(truth_crystal, dataset, truth, case, seed=seed, device=device)
+    reference = true_model(truth_crystal, data, truth, case, seed=seed, device=device)
     t_true = np.asarray(truth["frames"]["thickness_mean"])
     t_refined = objective.thickness.summary()["mean"]
     return {
@@ -485,7 +489,8 @@ def comparison(case: Case, kinds=KINDS, *, seed: int = 0, device=None) -> list[d
     truth_crystal = true_structure(structure_path(case.name))
     dataset, truth = synthetic_data(case, truth_crystal, seed=seed, device=device)
     start = displaced(truth_crystal, np.random.default_rng(seed))
-    t0 = starting_thickness(start, dataset, case, device)
+    data = prepare(start, dataset, case.simulation(), device=device)
+    t0 = starting_thickness(data)
     out_frames = held_out_frames(dataset.n_frames)
     fit_frames = ~out_frames
     alpha = np.asarray(dataset.frames.alpha, dtype=float)
@@ -499,7 +504,7 @@ def comparison(case: Case, kinds=KINDS, *, seed: int = 0, device=None) -> list[d
 
     for label, (kind, shape) in kinds.items():
         config = refine_config(case, kind, t0, seed=seed, shape=shape)
-        model = build(start, dataset, config, fit_frames=fit_frames, device=device)
+        model = build(data, config, fit_frames=fit_frames)
         tick = time.perf_counter()
         optimise(model, config, case.schedule)
         seconds = time.perf_counter() - tick
@@ -509,7 +514,7 @@ def comparison(case: Case, kinds=KINDS, *, seed: int = 0, device=None) -> list[d
             scores("frame (t0)", objective, seconds, xyz)
             _interpolate_frame_thickness(objective.thickness, alpha, fit_frames)
         scores(label, objective, seconds, xyz)
-    reference = true_model(truth_crystal, dataset, truth, case, seed=seed, device=device)
+    reference = true_model(truth_crystal, data, truth, case, seed=seed, device=device)
     scores("true", reference.objectives[0], 0.0, 0.0)
     return rows
 
@@ -628,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        from blochnet.runtime import keep_freed_memory
+        from blochnet.cli.runtime import keep_freed_memory
 
         keep_freed_memory()
     except ImportError:

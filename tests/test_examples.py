@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 from blochnet.cli.refine import load_config
-from blochnet.refine.run import RefineConfig
+from blochnet.refinement.config import RefineConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

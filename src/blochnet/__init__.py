@@ -23,23 +23,19 @@ _PUBLIC = {
     "evaluate": "blochnet.experiment.evaluate",
     "read_pets": "blochnet.io.pets",
     "write_pets": "blochnet.io.pets_write",
-    "RefineConfig": "blochnet.refine.run",
-    "RefinementResult": "blochnet.refine.run",
-    "ThicknessConfig": "blochnet.refine.thickness",
+    "RefineConfig": "blochnet.refinement.config",
+    "RefinementResult": "blochnet.refinement.pipeline",
+    "refine": "blochnet.refinement.pipeline",
+    "ThicknessConfig": "blochnet.refinement.thickness",
 }
-# ``blochnet.refine`` is the refinement package, itself callable as the refinement function
-_SUBPACKAGES = {"refine": "blochnet.refine"}
-
-__all__ = sorted([*_PUBLIC, *_SUBPACKAGES])
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
-    if name in _SUBPACKAGES:
-        return importlib.import_module(_SUBPACKAGES[name])
     raise AttributeError(f"module 'blochnet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC, *_SUBPACKAGES])
+    return sorted([*globals(), *_PUBLIC])

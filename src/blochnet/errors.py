@@ -36,3 +36,13 @@ class InputFileError(BlochnetError):
 
 class ConfigurationError(BlochnetError):
     """An option or parameter value that cannot be used."""
+
+
+class StructureError(BlochnetError):
+    """A structure that cannot be used as given: its symmetry, or an atom's site (e.g. an
+    atom ambiguously close to a special position)."""
+
+
+class RefinementError(BlochnetError):
+    """The refinement cannot go on (non-finite values, nothing to refine, a checkpoint of
+    another refinement); the last good state was kept."""

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from blochnet.cli.main import app
+from blochnet.dataset import FrameTable, ReflectionTable
 from blochnet.examples import example_path
-from blochnet.experiment.dataset import FrameTable, ReflectionTable
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import write_pets
 from conftest import dataset_path

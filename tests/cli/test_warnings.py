@@ -1,15 +1,24 @@
-"""Library warnings on the command line: one line each, not repeated within a command."""
+"""Library warnings on the command line: one yellow line each, and no process-wide hook
+installed by merely importing the command-line module."""
+
+import importlib
+import warnings
+
+from typer.testing import CliRunner
 
 from blochnet.cli import main
 
 
-def test_a_repeated_warning_is_printed_once_per_command(capsys):
-    main._shown.clear()
-    for _ in range(3):
-        main._show_warning(UserWarning("cell differs"), UserWarning, "x.py", 1)
-    main._show_warning(UserWarning("another"), UserWarning, "x.py", 2)
-    err = capsys.readouterr().err
-    assert err.count("warning: cell differs") == 1 and err.count("warning: another") == 1
-    main._shown.clear()  # what the command callback does at the start of each command
+def test_importing_the_command_line_leaves_the_warning_hook_alone():
+    before = warnings.showwarning
+    importlib.reload(main)
+    assert warnings.showwarning is before
+
+
+def test_a_command_prints_library_warnings_as_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored afterwards
+    result = CliRunner().invoke(main.app, ["info", "--help"])
+    assert result.exit_code == 0
+    assert warnings.showwarning is main._show_warning
     main._show_warning(UserWarning("cell differs"), UserWarning, "x.py", 1)
-    assert capsys.readouterr().err.count("warning: cell differs") == 1
+    assert capsys.readouterr().err.strip() == "warning: cell differs"

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from blochnet.cli.main import app
+from blochnet.dataset import structure_in_data_cell
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.evaluate import evaluate, structure_in_data_cell
-from blochnet.experiment.frames import FrameSimulator, rotation_matrices, select_reflections
+from blochnet.experiment.evaluate import evaluate
+from blochnet.experiment.frames import FrameSimulator, rotation_matrices
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
 from blochnet.experiment.pattern import simulate_pattern
 from blochnet.experiment.rocking import (
@@ -22,9 +23,10 @@ from blochnet.experiment.rocking import (
     rocking_directions,
     turned_beam,
 )
+from blochnet.experiment.selection import select_reflections
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
-from blochnet.physics.lattice import direct_matrix
+from blochnet.lattice import direct_matrix
 from conftest import dataset_path, structure_path
 
 
@@ -108,7 +110,7 @@ def test_one_sampled_orientation_reproduces_the_single_pattern_calculation():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 2)
     config = SimulationConfig(rocking="frame", n_tilts=1, g_max=1.6, sg_max=0.05)
-    simulator = FrameSimulator(crystal, dataset, config)
+    simulator = FrameSimulator.build(crystal, dataset, config)
     t = torch.tensor([[300.0, 700.0]] * 2, dtype=torch.float64)
     frame_values = simulator.intensities(simulator.model.atom_tensors(), t)
     uvw = np.linalg.solve(direct_matrix(crystal.cell), beam_directions(dataset)[0])
@@ -125,7 +127,7 @@ def test_one_sampled_orientation_reproduces_the_single_pattern_calculation():
 def test_thickness_samples_per_frame_are_independent():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 3)
-    simulator = FrameSimulator(crystal, dataset, SimulationConfig(rocking="frame", n_tilts=3))
+    simulator = FrameSimulator.build(crystal, dataset, SimulationConfig(rocking="frame", n_tilts=3))
     atoms = simulator.model.atom_tensors()
     both = simulator.intensities(atoms, torch.tensor([[400.0, 900.0]] * 3, dtype=torch.float64))
     mixed = simulator.intensities(
@@ -138,7 +140,8 @@ def test_thickness_samples_per_frame_are_independent():
 
 def test_gradients_flow_from_frame_intensities_to_structure_and_thickness():
     crystal, dataset = _load("quartz")
-    simulator = FrameSimulator(crystal, _first_frames(dataset, 2), SimulationConfig(n_tilts=2))
+    two_frames = _first_frames(dataset, 2)
+    simulator = FrameSimulator.build(crystal, two_frames, SimulationConfig(n_tilts=2))
     atoms = simulator.model.atom_tensors()
     atoms.xyz.requires_grad_()
     thickness = torch.tensor([[500.0], [520.0]], dtype=torch.float64, requires_grad=True)
@@ -192,7 +195,7 @@ def test_evaluate_command_refuses_two_thickness_options():
 def test_orientation_corrections_rotate_the_beam_and_carry_gradients():
     crystal, dataset = _load("quartz")
     dataset = _first_frames(dataset, 2)
-    simulator = FrameSimulator(
+    simulator = FrameSimulator.build(
         crystal, dataset, SimulationConfig(rocking="frame", n_tilts=1, sg_max=0.05)
     )
     atoms = simulator.model.atom_tensors()
@@ -273,7 +276,7 @@ def test_integrated_rows_sum_their_reflection_over_the_grid_points_of_their_wind
     config = SimulationConfig(
         rocking="integrated", rocking_step=0.1, rocking_window=0.004, g_max=1.6, sg_max=0.05
     )
-    simulator = FrameSimulator(crystal, dataset, config)
+    simulator = FrameSimulator.build(crystal, dataset, config)
     assert simulator.rocking == "integrated" and simulator.n_used > 5
     t = [300.0, 700.0]
     values = simulator.intensities(
@@ -313,7 +316,7 @@ def test_integrated_samples_between_frames_blend_their_thickness_and_correction(
         sg_max=10.0,
         selection=SelectionRule(g_max=1.0),
     )
-    simulator = FrameSimulator(crystal, dataset, config)
+    simulator = FrameSimulator.build(crystal, dataset, config)
     thickness = np.array([[300.0], [700.0]])
     turn = np.array([[0.0, 0.0, 0.0], [0.002, -0.001, 0.005]])  # [rad]
     values = simulator.intensities(

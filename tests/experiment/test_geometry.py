@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blochnet.crystal import Cell
-from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
+from blochnet.dataset import Dataset, FrameTable, ReflectionTable
 from blochnet.experiment.geometry import (
     beam_directions,
     beam_zone_axes,
@@ -21,7 +21,7 @@ from blochnet.experiment.geometry import (
 )
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import write_pets
-from blochnet.physics.lattice import reciprocal_matrix
+from blochnet.lattice import reciprocal_matrix
 from conftest import dataset_path
 
 NAMES = ["quartz", "glycine"]

@@ -14,9 +14,10 @@ from blochnet.crystal import Atom
 from blochnet.errors import ConfigurationError
 from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.frames import FrameSimulator, select_reflections
+from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import rotation, u_matrix, zone_axis_deviation
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
+from blochnet.experiment.selection import select_reflections
 from blochnet.experiment.specimen import (
     ConstantThickness,
     PerFrameThickness,
@@ -33,7 +34,7 @@ from blochnet.experiment.synthetic import (
 )
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
+from blochnet.lattice import direct_matrix, reciprocal_matrix
 from conftest import dataset_path
 
 torch.set_num_threads(1)
@@ -62,7 +63,7 @@ def _written_and_read(dataset, truth, folder):
 
 def _merit(crystal, dataset, truth):
     """Figures of merit of ``crystal`` at the true thickness, with least-squares scales."""
-    simulator = FrameSimulator(crystal, dataset, SimulationConfig(**truth["config"]))
+    simulator = FrameSimulator.build(crystal, dataset, SimulationConfig(**truth["config"]))
     thickness = torch.as_tensor(truth["frames"]["thickness_samples"], dtype=torch.float64)
     weights = torch.as_tensor(truth["frames"]["thickness_weights"], dtype=torch.float64)
     i_calc = simulator.intensities(simulator.model.atom_tensors(), thickness)

@@ -16,7 +16,7 @@ from test_fuzz_readers import fuzz
 from blochnet.cli.options import validated
 from blochnet.cli.refine import load_config
 from blochnet.errors import ConfigurationError, InputFileError
-from blochnet.refine.run import RefineConfig
+from blochnet.refinement.config import RefineConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "refine.toml"
 WORK = Path(tempfile.mkdtemp(prefix="blochnet-fuzz-config-"))

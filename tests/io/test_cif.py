@@ -11,8 +11,8 @@ import pytest
 
 from blochnet.errors import InputFileError
 from blochnet.io.cif import element_symbol, parse_number, read_structure
-from blochnet.physics.lattice import uij_to_cartesian
-from blochnet.physics.symmetry import site_constraints
+from blochnet.lattice import uij_to_cartesian
+from blochnet.sitesym import site_constraints
 from conftest import structure_path
 
 QUARTZ = structure_path("quartz")

@@ -17,7 +17,7 @@ import blochnet.io.cif_write as cif_write
 from blochnet.crystal import CELL_NAMES, UIJ_NAMES, SymOp
 from blochnet.io.cif import parse_number, read_structure
 from blochnet.io.cif_write import format_su, write_structure
-from blochnet.physics.symmetry import site_constraints
+from blochnet.sitesym import site_constraints
 from conftest import STRUCTURES, structure_path
 
 SHARED = sorted(STRUCTURES)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from blochnet.crystal import Cell
+from blochnet.dataset import check_cell
 from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.io.pets import read_pets
-from blochnet.io.pets_write import check_cell, write_pets
+from blochnet.io.pets_write import write_pets
 from conftest import dataset_path
 
 

@@ -59,14 +59,15 @@ def test_cuda_frame_simulation_and_refinement_step_match_cpu():
     from blochnet.examples import example_dataset_path
     from blochnet.experiment.config import SimulationConfig
     from blochnet.io.pets import read_pets
-    from blochnet.refine.run import RefineConfig, build_refinement
+    from blochnet.refinement.config import RefineConfig
+    from blochnet.refinement.model import refinement_for
 
     dataset = read_pets(example_dataset_path("quartz"))
     crystal = read_structure(example_path("quartz"))
     config = RefineConfig(simulation=SimulationConfig(n_tilts=3), auto_setup=False)
     losses, grads = [], []
     for device in ("cpu", "cuda"):
-        model = build_refinement(crystal, [dataset], config, device=device)
+        model = refinement_for(crystal, [dataset], config, device=device)
         loss = model()
         loss.backward()
         losses.append(float(loss.detach()))

@@ -9,8 +9,9 @@ import torch
 
 from blochnet.crystal import Atom, Cell, Crystal, SymOp
 from blochnet.io.cif import read_structure
-from blochnet.physics.lattice import direct_matrix, uij_to_cartesian
-from blochnet.physics.symmetry import UnitCellExpansion, constraint_matrices, site_constraints
+from blochnet.lattice import direct_matrix, uij_to_cartesian
+from blochnet.physics.symmetry import UnitCellExpansion
+from blochnet.sitesym import constraint_matrices, site_constraints
 from conftest import structure_path
 
 SHARED = ("quartz", "cspbbr3", "paracetamol", "glycine")

@@ -62,14 +62,13 @@ def evaluate(
 ) -> None:
     import numpy as np
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.config import SelectionRule, SimulationConfig
-    from blochnet.experiment.evaluate import evaluate as run
-    from blochnet.experiment.evaluate import structure_in_data_cell
-    from blochnet.experiment.frames import FrameSimulator
+    from blochnet.experiment.evaluate import score_thicknesses
+    from blochnet.experiment.prepared import prepare
     from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
-    from blochnet.runtime import prepare_compute
 
     if (thickness is None) == (thickness_scan is None):
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
@@ -89,9 +88,9 @@ def evaluate(
     crystal = read_structure(structure)
     check_structure(crystal)
     check_beam_set(g_max, [dataset], "--g-max")
-    crystal = structure_in_data_cell(crystal, dataset)
+    prepared = prepare(crystal, dataset, config, device=device)
+    simulator = prepared.simulator()
     err = Console(stderr=True)
-    simulator = FrameSimulator(crystal, dataset, config, device=device)
     columns = (
         TextColumn("simulating frames"),
         BarColumn(),
@@ -101,8 +100,8 @@ def evaluate(
     )
     with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("simulate", total=simulator.n_orientations)
-        result = run(
-            crystal, dataset, grid, simulator=simulator, progress=lambda n: bar.advance(task, n)
+        result = score_thicknesses(
+            simulator, prepared.observations, grid, progress=lambda n: bar.advance(task, n)
         )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1))

@@ -4,9 +4,11 @@ Each subcommand module has a ``register(app)`` function; adding a command means 
 module and one entry to :data:`_COMMAND_MODULES`. The heavy library (torch) is imported
 inside the command bodies so that ``blochnet --help`` stays fast.
 
-Errors caused by user input (:class:`~blochnet.errors.BlochnetError`, and
-FileNotFoundError / ValueError) are printed as one red line on stderr and the command
-exits with status 2; Ctrl-C exits with status 130. ``--debug`` shows the traceback instead.
+Errors caused by user input (:class:`~blochnet.errors.BlochnetError`, and a missing file)
+are printed as one red line on stderr and the command exits with status 2; anything else
+is a bug and shows its traceback. Ctrl-C exits with status 130. ``--debug`` shows the
+traceback of user errors too. Library warnings are shown as one yellow line each while a
+command runs (the hook is installed by the command, not by importing this module).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
@@ -28,7 +31,8 @@ __all__ = ["app", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
 EXIT_USER_ERROR = 2  # the status click uses for usage errors too
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
-_USER_ERRORS = (BlochnetError, FileNotFoundError, ValueError)
+# a setting that fails its configuration model's validation is the user's, too
+_USER_ERRORS = (BlochnetError, FileNotFoundError, ValidationError)
 # modules of blochnet.cli, each with register(app)
 _COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot")
 
@@ -52,24 +56,18 @@ class _BlochnetGroup(TyperGroup):
 def _message(error: BaseException) -> str:
     if isinstance(error, FileNotFoundError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or 'file not found'}"
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, item['loc']))}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
     return str(error) or type(error).__name__
 
 
-_shown: set[str] = set()
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings from the library, as one yellow line on stderr (no source location); a
-    message already shown (e.g. by each simulator built from one data set) is not repeated."""
-    text = str(message)
-    if text in _shown:
-        return
-    _shown.add(text)
+    """Warnings from the library, as one yellow line on stderr (no source location)."""
     console = Console(stderr=True, highlight=False)
-    console.print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
-
-
-warnings.showwarning = _show_warning
+    console.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
 
 
 def _print_error(message: str) -> None:
@@ -115,7 +113,7 @@ def _main(
     ] = False,
 ) -> None:
     ctx.meta["blochnet.debug"] = debug
-    _shown.clear()  # once per message and command
+    warnings.showwarning = _show_warning
 
 
 for _name in _COMMAND_MODULES:

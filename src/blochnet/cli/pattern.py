@@ -177,9 +177,9 @@ def pattern(
 ) -> None:
     import torch
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.pattern import simulate_pattern
     from blochnet.experiment.sanity import check_structure, check_thickness, check_voltage
-    from blochnet.runtime import prepare_compute
 
     check_voltage(voltage)
     crystal, name = _load_structure(structure, example)

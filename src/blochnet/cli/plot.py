@@ -21,7 +21,7 @@ def plot(
     from rich.console import Console
 
     from blochnet.errors import ConfigurationError
-    from blochnet.refine.figures import matplotlib_available, plot_directory
+    from blochnet.refinement.figures import matplotlib_available, plot_directory
 
     if not matplotlib_available():
         raise ConfigurationError('blochnet plot needs matplotlib: pip install "blochnet[plot]"')

@@ -43,13 +43,14 @@ def refine(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
     from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
     from blochnet.io.output_folder import claim_output_folder
     from blochnet.io.pets import read_pets
-    from blochnet.runtime import prepare_compute
+    from blochnet.refinement.timings import Timings
 
     settings = load_config(config, epochs=epochs)
     prepare_compute(device, threads)
@@ -60,22 +61,24 @@ def refine(
     if not files or len(files) < 2:
         raise ConfigurationError("need STRUCTURE.cif and at least one DATA.cif_pets")
     with claim_output_folder(out):
-        crystal = read_structure(files[0])
-        datasets = [read_pets(path) for path in files[1:]]
+        timings = Timings(device=device)
+        with timings.stage("read"):
+            crystal = read_structure(files[0])
+            datasets = [read_pets(path) for path in files[1:]]
         check_structure(crystal)
         check_beam_set(settings.simulation.g_max, datasets, "[simulation] g_max")
         if settings.thickness.t0 is not None:
             check_thickness(settings.thickness.t0, "[thickness] t0")
         _refine_and_print(
-            crystal, datasets, out, settings, device=device, resume=resume, quiet=quiet
+            crystal, datasets, out, settings, timings, device=device, resume=resume, quiet=quiet
         )
 
 
-def _refine_and_print(crystal, datasets, out, settings, *, device, resume, quiet) -> None:
+def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resume, quiet):
     from rich.console import Console
 
     from blochnet.io.cif_write import format_su
-    from blochnet.refine.run import refine as run
+    from blochnet.refinement.pipeline import refine as run
 
     console = Console(stderr=True)
 
@@ -107,6 +110,7 @@ def _refine_and_print(crystal, datasets, out, settings, *, device, resume, quiet
         lm_report=lm_report,
         setup_report=None if quiet else (lambda line: console.print(f"setup: {line}")),
         stage_report=None if quiet else console.print,
+        timings=timings,
     )
     r = result.report
     hand = r["absolute_structure"] or {}
@@ -132,6 +136,7 @@ def _refine_and_print(crystal, datasets, out, settings, *, device, resume, quiet
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
+        + f"{timings.summary()}\n"
         + (f"partial charges (e): {charges}\n" if charges else "")
         + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
         + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv, "
@@ -150,7 +155,7 @@ def load_config(path: Path | None, *, epochs: int | None = None):
     """The refinement configuration from a TOML file (defaults without one), with the
     command-line options that set its fields, all checked by the same rules."""
     from blochnet.cli.options import validated
-    from blochnet.refine.run import RefineConfig
+    from blochnet.refinement.config import RefineConfig
 
     return validated(RefineConfig, {"epochs": ("--epochs", epochs)}, path=path)
 

@@ -117,11 +117,11 @@ def simulate(
     threads: Annotated[int, _opt("CPU threads (0: PyTorch's default).")] = 0,
 ) -> None:
 
+    from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment import synthetic
     from blochnet.experiment.sanity import check_thickness, check_voltage
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
-    from blochnet.runtime import prepare_compute
 
     scan = dict(voltage=voltage, rotation=rotation, semi_angle=semi_angle, resolution=resolution)
     scan |= dict(

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Cell
+from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.rocking import RockingWindows, grid_directions
+from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.beams import reciprocal_lattice_points
-from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 
 # one batch's padded matrices hold at most this many elements (complex128: 512 MiB), so
@@ -65,11 +65,11 @@ class BeamTable:
     g: np.ndarray  # (n, 3) [Å⁻¹], Cartesian crystal frame
     g2: np.ndarray  # (n,) |g|² [Å⁻²]
     candidate: np.ndarray  # (n,) bool: |g| ≤ g_max
-    compared: np.ndarray  # (used,) table index of each compared row's reflection
+    compared: np.ndarray  # (obs,) table index of each compared row's reflection
 
 
 def beam_table(cell: Cell, hkl_compared: np.ndarray, g_max: float) -> BeamTable:
-    """The candidate beams for rows of reflections ``hkl_compared`` (used, 3)."""
+    """The candidate beams for rows of reflections ``hkl_compared`` (obs, 3)."""
     b = reciprocal_matrix(cell)
     g_obs_max = float(np.linalg.norm(hkl_compared @ b.T, axis=1).max(initial=0.0))
     hkl = reciprocal_lattice_points(cell, max(g_max, g_obs_max))

@@ -7,9 +7,7 @@ pooled R1(obs), the figure crystallographers compare; wR2 is reported beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,12 +15,14 @@ import numpy as np
 import torch
 
 from blochnet.crystal import Crystal
+from blochnet.dataset import Dataset
 from blochnet.errors import ConfigurationError
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.frames import FrameSimulator, ReflectionSelection
+from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
-from blochnet.io.pets_write import check_cell
+from blochnet.experiment.observations import Observations
+from blochnet.experiment.prepared import prepare
+from blochnet.experiment.selection import ReflectionSelection
 
 
 @dataclass
@@ -85,18 +85,6 @@ class Evaluation:
         }
 
 
-def structure_in_data_cell(crystal: Crystal, dataset: Dataset) -> Crystal:
-    """The structure with the data file's cell (refused if the two differ by more than a few %).
-
-    The orientation matrix was fitted with the data file's cell, so that cell wins; a small
-    difference is reported as a warning.
-    """
-    message = check_cell(dataset.cell, crystal.cell)
-    if message:
-        warnings.warn(message, stacklevel=2)
-    return dataclasses.replace(crystal, cell=dataset.cell)
-
-
 def evaluate(
     crystal: Crystal,
     dataset: Dataset,
@@ -106,21 +94,33 @@ def evaluate(
     dtype: torch.dtype = torch.float64,
     device=None,
     progress: Callable[[int], None] | None = None,
-    simulator: FrameSimulator | None = None,
 ) -> Evaluation:
-    """Simulate every frame at each thickness in ``thickness`` [Å] and compare with the data.
+    """Simulate every frame of ``dataset`` at each thickness in ``thickness`` [Å] and
+    compare with the data (``crystal`` is put in the data file's cell).
 
-    ``progress(n)`` is called as orientations are solved (total: ``simulator.n_orientations``,
-    available by building the :class:`FrameSimulator` first and passing it as ``simulator``).
+    ``progress(n)`` is called as orientations are solved. To reuse a plan (or to know the
+    number of orientations first), prepare the data (:func:`blochnet.experiment.prepared.prepare`)
+    and call :func:`score_thicknesses`.
     """
+    data = prepare(crystal, dataset, config, dtype=dtype, device=device)
+    return score_thicknesses(data.simulator(), data.observations, thickness, progress=progress)
+
+
+def score_thicknesses(
+    simulator: FrameSimulator,
+    observations: Observations,
+    thickness,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Figures of merit of ``simulator``'s structure against ``observations`` (its plan's)
+    at one thickness for every frame, for each thickness in ``thickness`` [Å]: one
+    eigendecomposition per orientation serves them all. ``progress(n)`` is called as
+    orientations are solved (total ``simulator.n_orientations``)."""
     start = time.perf_counter()
     thickness = np.atleast_1d(np.asarray(thickness, dtype=float))
     if thickness.ndim != 1 or np.any(thickness <= 0) or not np.all(np.isfinite(thickness)):
         raise ConfigurationError(f"thicknesses must be positive and finite, got {thickness}")
-    if simulator is None:
-        simulator = FrameSimulator(
-            structure_in_data_cell(crystal, dataset), dataset, config, dtype=dtype, device=device
-        )
     if simulator.n_used == 0:
         raise ConfigurationError(
             f"no observation passes the selection rule ({simulator.selection.rule}); "
@@ -130,20 +130,21 @@ def evaluate(
     samples = torch.as_tensor(thickness, dtype=model.dtype, device=model.device)
     with torch.no_grad():
         calc = simulator.intensities(
-            model.atom_tensors(), samples.expand(dataset.n_frames, -1), progress=progress
+            model.atom_tensors(), samples.expand(observations.n_frames, -1), progress=progress
         )
-    rows = simulator.used_rows
-    refl = dataset.reflections
-    as_t = lambda x: torch.as_tensor(x, dtype=model.dtype, device=model.device)  # noqa: E731
-    i_obs, sigma = as_t(refl.intensity[rows]), as_t(refl.sigma[rows])
-    frame = torch.as_tensor(simulator.frame_of_used, device=model.device)
+    i_obs, sigma, frame, _ = observations.tensors(dtype=model.dtype, device=model.device)
     merits = []
     for j in range(len(thickness)):
-        scales = optimal_scales(i_obs, sigma, calc[:, j], frame, dataset.n_frames)
+        scales = optimal_scales(i_obs, sigma, calc[:, j], frame, observations.n_frames)
         merits.append(
             figures_of_merit(
-                i_obs, sigma, scales[frame] * calc[:, j], frame, dataset.frames.id, scales=scales
-            )
+                i_obs,
+                sigma,
+                scales[frame] * calc[:, j],
+                frame,
+                observations.frame_ids,
+                scales=scales,
+            )  # fmt: skip
         )
     best = int(np.nanargmin([m.r1_obs for m in merits]))
     frame_r1 = np.stack([m.per_frame["r1_obs"] for m in merits], axis=1)

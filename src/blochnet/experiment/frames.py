@@ -29,189 +29,110 @@ a whole thickness scan) per frame is one tensor operation.
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from blochnet.crystal import Crystal
-from blochnet.experiment.beam_plan import (
-    beam_table,
-    build_groups,
-    frame_orientations,
-    integrated_orientations,
-)
-from blochnet.experiment.config import SelectionRule, SimulationConfig, format_hkl_list
-from blochnet.experiment.dataset import Dataset
-from blochnet.experiment.geometry import beam_directions
-from blochnet.experiment.rocking import (
-    RockingWindows,
-    resolve_rocking,
-    rocking_directions,
-    rocking_windows,
-)
+from blochnet.dataset import Dataset
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.plan import FramePlan, build_plan
+from blochnet.experiment.selection import ReflectionSelection
 from blochnet.physics.beams import excitation_errors
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
-from blochnet.physics.lattice import reciprocal_matrix
 from blochnet.physics.structure_matrix import structure_matrices
 
 
-@dataclass
-class ReflectionSelection:
-    """Which observations (rows of the reflection table) are compared, and why not the rest.
-
-    used : (refl,) bool; reason : (refl,) str, '' for used rows; rsg : (refl,) RSg values.
-    """
-
-    used: np.ndarray
-    reason: np.ndarray
-    rsg: np.ndarray
-    rule: str
-
-    def counts(self) -> dict[str, int]:
-        """Number of used rows and of rows excluded for each reason."""
-        out = {"used": int(self.used.sum())}
-        for reason in np.unique(self.reason[~self.used]):
-            out[str(reason)] = int(np.sum(self.reason == reason))
-        return out
-
-
-def select_reflections(
-    dataset: Dataset, rule: SelectionRule, rocking: str = "frame"
-) -> ReflectionSelection:
-    """Apply the resolution and RSg parts of the selection rule (:class:`SelectionRule`).
-
-    The Bragg-crossing part of whole-rocking-curve rows needs the integration windows; it
-    is applied by :class:`FrameSimulator`.
-    """
-    g = dataset.reflections.hkl @ reciprocal_matrix(dataset.cell).T
-    g_norm = np.linalg.norm(g, axis=1)
-    s = excitation_errors(
-        torch.as_tensor(g)[:, None, :],
-        torch.as_tensor(beam_directions(dataset)[dataset.frame_index()] / dataset.wavelength),
-    )[:, 0].numpy()
-    delta = np.radians(dataset.frames.semi_angle[dataset.frame_index()])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rsg = np.abs(s) / (g_norm * delta)
-    reason = np.full(len(g_norm), "", dtype=object)
-    if (limit := rule.rsg_limit(rocking)) is not None:
-        reason[rsg > limit] = f"RSg > {limit:g}"
-    reason[g_norm > rule.g_max] = f"|g| > {rule.g_max:g} Å⁻¹"
-    if rule.omit:
-        omit = np.array(rule.omit, dtype=np.int64)
-        hkl = np.rint(dataset.reflections.hkl).astype(np.int64)
-        match = (hkl[:, None, :] == omit[None]).all(-1)  # (row, omitted hkl)
-        reason[match.any(1)] = "omitted by hand (selection.omit)"
-        if not match.any(0).all():
-            warnings.warn(
-                f"{dataset.source or 'data set'}: selection.omit lists "
-                f"{format_hkl_list(omit[~match.any(0)])}, which no row "
-                "of the data set has (indices as in the data file, symmetry equivalents not "
-                "included)",
-                stacklevel=2,
-            )
-    reason[g_norm == 0] = "000 reflection"
-    return ReflectionSelection(reason == "", reason, rsg, rule.describe(rocking))
-
-
 class FrameSimulator:
-    """Intensities of the compared observations of every frame.
+    """Intensities of the compared observations of every frame, for one plan and crystal.
 
     Parameters
     ----------
-    crystal : the structure (its cell should be the data set's; see ``check_cell``).
-    dataset : frames, orientations and observations.
-    config : physics settings; ``config.selection`` decides which rows are compared and
-        ``config.rocking`` how a row integrates the rocking curve (see the module doc).
-    dtype, device : precision and device of the tensors.
+    plan : what to solve (:func:`~blochnet.experiment.plan.build_plan`); its settings give
+        the solver and the absorption κ.
+    model : the crystal as tensors (cell: the data set's; scattering table and voltage as
+        the plan's settings and data set say, see :meth:`build`).
+
+    The simulator only computes: everything that does not depend on the structure is in
+    the plan, built once per data set and settings.
     """
 
-    def __init__(
-        self,
+    def __init__(self, plan: FramePlan, model: CrystalModel) -> None:
+        self.plan = plan
+        self.model = model
+
+    @classmethod
+    def build(
+        cls,
         crystal: Crystal,
         dataset: Dataset,
         config: SimulationConfig | None = None,
         *,
         dtype: torch.dtype = torch.float64,
         device=None,
-    ) -> None:
-        self.config = config or SimulationConfig()
-        self.dataset = dataset
-        self.model = CrystalModel(
-            crystal,
-            voltage=dataset.voltage,
-            table=self.config.scattering,
-            dtype=dtype,
-            device=device,
-        )
-        self.rocking = resolve_rocking(self.config, dataset)
-        self.selection = select_reflections(dataset, self.config.selection, self.rocking)
-        windows = None
-        if self.rocking == "integrated":
-            rows = np.flatnonzero(self.selection.used)
-            windows = rocking_windows(dataset, rows, self.config)
-            self.selection.reason[rows] = windows.reason
-            self.selection.used[rows] = windows.reason == ""
-            keep = windows.reason == ""
-            windows = RockingWindows(windows.start[keep], windows.stop[keep], windows.reason[keep])
-            self.selection.rule += (
-                f"; whole rocking curves: |s_g| ≤ {self.config.rocking_window:g} Å⁻¹ around"
-                f" the Bragg crossing, step {self.config.rocking_step:g}°"
-            )
-        self.windows = windows  # integration window of every used row (integrated mode)
-        self.used_rows = np.flatnonzero(self.selection.used)
-        self.frame_of_used = dataset.frame_index()[self.used_rows]
-        table = beam_table(
-            self.model.crystal.cell, dataset.reflections.hkl[self.used_rows], self.config.g_max
-        )
-        if windows is None:
-            self.directions = rocking_directions(dataset, self.config.n_tilts)
-            orientations = frame_orientations(
-                table, self.directions, self.frame_of_used, 1 / dataset.wavelength,
-                self.config.sg_max,
-            )  # fmt: skip
-        else:
-            orientations = integrated_orientations(
-                table, dataset, windows, self.frame_of_used, self.config
-            )
-        self.groups = build_groups(orientations, dtype=dtype, device=self.model.device)
-        pairs = np.unique(
-            np.concatenate(
-                [np.stack([o.rows, np.full(len(o.rows), o.frame)], 1) for o in orientations]
-                + [
-                    np.stack([o.rows, np.full(len(o.rows), o.neighbour)], 1)
-                    for o in orientations
-                    if o.blend > 0
-                ]
-                + [np.stack([np.arange(self.n_used), self.frame_of_used], 1)]
-            ),
-            axis=0,
-        )
-        # (pair, 2): (used row, frame) whenever the row's intensity uses that frame's
-        # orientation or thickness (its own frame; in integrated mode also neighbours)
-        self.dependencies = pairs
+    ) -> FrameSimulator:
+        """Plan and model in one step, for a single simulation (``crystal`` in the data
+        set's cell, see :func:`blochnet.dataset.structure_in_data_cell`)."""
+        plan = build_plan(dataset, config, dtype=dtype, device=device)
+        return cls(plan, crystal_model(crystal, plan, dtype=dtype, device=device))
+
+    @property
+    def config(self) -> SimulationConfig:
+        return self.plan.settings
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.plan.dataset
+
+    @property
+    def selection(self) -> ReflectionSelection:
+        return self.plan.selection
+
+    @property
+    def rocking(self) -> str:
+        return self.plan.rocking
+
+    @property
+    def windows(self):
+        return self.plan.windows
+
+    @property
+    def used_rows(self) -> np.ndarray:
+        return self.plan.used_rows
+
+    @property
+    def frame_of_used(self) -> np.ndarray:
+        return self.plan.frame_of_used
+
+    @property
+    def dependencies(self) -> np.ndarray:
+        return self.plan.dependencies
+
+    @property
+    def groups(self):
+        return self.plan.groups
 
     @property
     def n_used(self) -> int:
-        return len(self.used_rows)
+        return self.plan.n_used
 
     @property
     def n_orientations(self) -> int:
-        return sum(int(g.batch.mask.shape[0]) for g in self.groups)
+        return self.plan.n_orientations
 
     def intensities(
         self,
         atoms: AtomTensors,
-        thickness: Tensor,
+        thickness: Float[Tensor, "frame sample"],
         *,
-        rotations: Tensor | None = None,
-        weights: Tensor | None = None,
-        absorption: Tensor | float | None = None,
+        rotations: Float[Tensor, "frame 3"] | None = None,
+        weights: Float[Tensor, "frame sample"] | None = None,
+        absorption: Float[Tensor, ""] | float | None = None,
         progress=None,
-    ) -> Tensor:
+    ) -> Float[Tensor, "obs sample"] | Float[Tensor, " obs"]:
         """Intensities of the compared observations at each thickness sample.
 
         Parameters
@@ -230,8 +151,8 @@ class FrameSimulator:
 
         Returns
         -------
-        Tensor (used, sample), each row's rocking-curve integral (see the module doc) at each
-        thickness sample, in units of the incident beam; with ``weights``, (used,): the
+        Tensor (obs, sample), each row's rocking-curve integral (see the module doc) at each
+        thickness sample, in units of the incident beam; with ``weights``, (obs,): the
         weighted sum over samples. Rows follow ``self.used_rows``.
         """
         model = self.model
@@ -261,6 +182,20 @@ class FrameSimulator:
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
         return out[:, 0] if weights is not None else out
+
+
+def crystal_model(
+    crystal: Crystal, plan: FramePlan, *, dtype: torch.dtype = torch.float64, device=None
+) -> CrystalModel:
+    """The tensors of ``crystal`` for simulations with ``plan`` (its data set's voltage and
+    its settings' scattering table)."""
+    return CrystalModel(
+        crystal,
+        voltage=plan.dataset.voltage,
+        table=plan.settings.scattering,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def _per_orientation(values: Tensor, group) -> Tensor:

@@ -3,7 +3,7 @@
 Convention (the one place it is written down)
 ---------------------------------------------
 Frames
-    *Crystal frame*: the Cartesian frame of :mod:`blochnet.physics.lattice` (a along x,
+    *Crystal frame*: the Cartesian frame of :mod:`blochnet.lattice` (a along x,
     b in the x–y plane); g = B h with B = ``reciprocal_matrix(cell)``, r = A x.
     *Lab frame*: electrons travel along −z (z points to the source); the goniometer axis
     is along +x; y = z × x. PETS's detector frame is this frame turned by
@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from blochnet.experiment.dataset import Dataset
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
+from blochnet.dataset import Dataset
+from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 BEAM_LAB = np.array([0.0, 0.0, -1.0])  # direction of electron travel in the lab frame
 AXIS_LAB = np.array([1.0, 0.0, 0.0])  # goniometer axis in the lab frame (when ω = p)

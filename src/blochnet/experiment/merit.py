@@ -1,7 +1,8 @@
 """Figures of merit comparing observed and calculated intensities of frame reflections.
 
-Axis names follow the project glossary: ``refl`` (observations, one per hkl per frame) and
-``frame`` (virtual frames). With Io, σ observed, Ic calculated and scaled, w = 1/σ²:
+Axis names follow the project glossary (docs/glossary.md): ``refl`` (observations, one
+per hkl per frame) and ``frame`` (virtual frames). With Io, σ observed, Ic calculated
+and scaled, w = 1/σ²:
 
     wR2 = sqrt(Σ w (Io − Ic)² / Σ w Io²)
     R1  = Σ |Fo − Fc| / Σ Fo,   F = sqrt(max(I, 0))
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
+from blochnet.errors import ConfigurationError
 
 
 def _frame_sum(values: Tensor, frame_index: Tensor, n_frames: int) -> Tensor:
@@ -199,7 +202,7 @@ def figures_of_merit(
     if frame.size and (frame.min() < 0 or frame.max() >= n_frames):
         raise ValueError(f"frame_index must lie in 0..{n_frames - 1}")
     if np.any(sig <= 0):
-        raise ValueError("sigma must be positive")
+        raise ConfigurationError("every σ(Io) must be positive")
 
     w = sig**-2
     observed = io > obs_threshold * sig

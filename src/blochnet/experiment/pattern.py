@@ -28,7 +28,7 @@ from blochnet.physics.bloch import SOLVERS, bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
 from blochnet.physics.scattering import TABLES
 from blochnet.physics.structure_matrix import BeamBatch, structure_matrices
-from blochnet.physics.units import energy_to_wavelength
+from blochnet.units import energy_to_wavelength
 
 
 @dataclass

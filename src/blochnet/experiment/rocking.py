@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
-from blochnet.experiment.dataset import Dataset
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
-from blochnet.physics.lattice import reciprocal_matrix
+from blochnet.lattice import reciprocal_matrix
 
 
 def rocking_directions(dataset: Dataset, n_tilts: int) -> np.ndarray:
@@ -61,8 +61,8 @@ def resolve_rocking(config: SimulationConfig, dataset: Dataset) -> str:
 class RockingWindows:
     """Integration windows of the compared rows on the data set's rotation grid.
 
-    ``start`` and ``stop`` (used,) are grid indices (φ = index·step) of each row's window
-    [start, stop); ``reason`` (used,) is '' where the window is usable, else why not.
+    ``start`` and ``stop`` (obs,) are grid indices (φ = index·step) of each row's window
+    [start, stop); ``reason`` (obs,) is '' where the window is usable, else why not.
     """
 
     start: np.ndarray
@@ -87,8 +87,11 @@ def rocking_windows(dataset: Dataset, rows: np.ndarray, config: SimulationConfig
     frame = dataset.frame_index()[rows]
     alpha = np.radians(dataset.frames.alpha)
     first = np.round((alpha[frame] - reach) / step).astype(np.int64)
-    grid = first[:, None] + np.arange(n_c)[None, :]  # (used, cand)
-    directions, _ = grid_directions(dataset, grid, config.rocking_step)
+    grid = first[:, None] + np.arange(n_c)[None, :]  # (obs, cand)
+    # rows share grid points: the directions of each distinct point once, then gathered
+    lowest = int(grid.min(initial=0))
+    points = np.arange(lowest, int(grid.max(initial=0)) + 1)
+    directions = grid_directions(dataset, points, config.rocking_step)[0][grid - lowest]
     g = dataset.reflections.hkl[rows] @ reciprocal_matrix(dataset.cell).T
     k0 = 1.0 / dataset.wavelength
     s = -(2 * k0 * np.einsum("rci,ri->rc", directions, g) + np.sum(g**2, 1)[:, None]) / (2 * k0)

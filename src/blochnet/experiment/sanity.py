@@ -13,7 +13,7 @@ import numpy as np
 
 from blochnet.crystal import Crystal
 from blochnet.errors import ConfigurationError, InputFileError
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix, uij_to_cartesian
+from blochnet.lattice import direct_matrix, reciprocal_matrix, uij_to_cartesian
 
 MIN_DISTANCE = 0.5  # [Å] full atoms closer than this are one atom typed twice
 VOLTAGE_RANGE_KV = (20.0, 3000.0)
@@ -101,7 +101,7 @@ def check_beam_set(g_max: float, datasets, option: str = "simulation.g_max") -> 
 
 def close_contacts(crystal: Crystal, limit: float) -> list[tuple[int, int, float]]:
     """Pairs (i, j, distance) of asymmetric-unit atoms with images closer than ``limit``."""
-    from blochnet.physics.symmetry import site_constraints
+    from blochnet.sitesym import site_constraints
 
     if not crystal.atoms:
         return []

@@ -23,9 +23,9 @@ import gemmi
 import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell, Crystal
-from blochnet.experiment.dataset import Dataset
+from blochnet.dataset import Dataset
 from blochnet.experiment.sanity import close_contacts
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
+from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 __all__ = ["dataset_summary", "is_pets_file", "structure_summary", "summarize_file"]
 
@@ -167,7 +167,7 @@ def _dataset_oddities(dataset: Dataset, counts, g, deviation) -> list[dict]:
 
 def structure_summary(crystal: Crystal) -> dict:
     """Summary of a crystal structure: cell, space group, atoms with site symmetry, oddities."""
-    from blochnet.physics.symmetry import site_constraints
+    from blochnet.sitesym import site_constraints
 
     constraints = site_constraints(crystal)
     atoms = []

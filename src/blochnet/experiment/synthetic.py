@@ -35,17 +35,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blochnet.crystal import Atom, Cell, Crystal, SymOp
+from blochnet.dataset import Dataset, FrameTable, ReflectionTable, check_cell
 from blochnet.errors import ConfigurationError
 from blochnet.experiment.config import SelectionRule, SimulationConfig
-from blochnet.experiment.dataset import Dataset, FrameTable, ReflectionTable
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.geometry import beam_directions, beam_zone_axes
 from blochnet.experiment.specimen import ConstantThickness, ThicknessModel
 from blochnet.io.atomic import write_text_atomically
-from blochnet.io.pets_write import check_cell, write_pets
+from blochnet.io.pets_write import write_pets
+from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.beams import reciprocal_lattice_points
-from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.units import energy_to_wavelength
+from blochnet.units import energy_to_wavelength
 
 _FORBID = ConfigDict(extra="forbid")
 _Vector = tuple[float, float, float]
@@ -220,7 +220,7 @@ def _simulate_rows(crystal, dataset, samples, weights, config, progress, dtype, 
     # generated rows are what each frame records, unless whole rocking curves are asked for
     rocking = "frame" if config.rocking == "auto" else config.rocking
     config = config.model_copy(update={"selection": every_row, "rocking": rocking})
-    simulator = FrameSimulator(crystal, dataset, config, dtype=dtype, device=device)
+    simulator = FrameSimulator.build(crystal, dataset, config, dtype=dtype, device=device)
     if simulator.n_used != len(dataset.reflections):
         raise ConfigurationError(f"rows that cannot be simulated: {simulator.selection.counts()}")
     total = simulator.n_orientations

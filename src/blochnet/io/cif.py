@@ -21,7 +21,7 @@ from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, cell_ra
 from blochnet.errors import InputFileError
 from blochnet.io.cif_symmetry import read_symmetry
 from blochnet.io.cif_syntax import parse_cif
-from blochnet.physics.lattice import uij_to_cartesian
+from blochnet.lattice import uij_to_cartesian
 
 __all__ = ["element_symbol", "parse_number", "read_structure"]
 

@@ -22,7 +22,7 @@ from gemmi import cif
 from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, find_space_group
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif import CHARGE_TAG
-from blochnet.physics.symmetry import SiteConstraint, site_constraints
+from blochnet.sitesym import SiteConstraint, site_constraints
 
 __all__ = ["format_su", "write_structure"]
 

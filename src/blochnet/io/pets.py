@@ -23,11 +23,11 @@ import gemmi
 import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell, cell_range_problem
+from blochnet.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.errors import InputFileError
-from blochnet.experiment.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.io.cif_syntax import parse_cif
-from blochnet.physics.lattice import reciprocal_matrix
-from blochnet.physics.units import wavelength_to_energy
+from blochnet.lattice import reciprocal_matrix
+from blochnet.units import wavelength_to_energy
 
 _CELL_TAGS = tuple(("_cell_length_" if n in "abc" else "_cell_angle_") + n for n in CELL_NAMES)
 _WAVELENGTH_RANGE = (0.003, 0.09)  # [Å] electrons of 20 kV to 3 MV

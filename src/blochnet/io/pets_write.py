@@ -1,5 +1,4 @@
-"""Writing PETS2 ``.cif_pets`` files (the reader is :mod:`blochnet.io.pets`), and the check
-of a data file's cell against a structure's."""
+"""Writing PETS2 ``.cif_pets`` files (the reader is :mod:`blochnet.io.pets`)."""
 
 from __future__ import annotations
 
@@ -7,9 +6,8 @@ from os import PathLike
 
 import numpy as np
 
-from blochnet.crystal import CELL_NAMES, Cell
-from blochnet.errors import ConfigurationError
-from blochnet.experiment.dataset import Dataset
+from blochnet.crystal import CELL_NAMES
+from blochnet.dataset import Dataset
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.pets import (
     _CELL_TAGS,
@@ -91,32 +89,3 @@ def write_pets(dataset: Dataset, path: str | PathLike[str]) -> None:
     (10 significant digits, 6 decimals for angles and zone axes).
     """
     write_text_atomically(path, _pets_text(dataset))
-
-
-def check_cell(dataset_cell: Cell, structure_cell: Cell, *, tolerance: float = 0.03) -> str | None:
-    """Compare the data file's cell with the structure's cell.
-
-    Returns None when they agree (lengths to 1e-4 relative, angles to 0.01°), a warning
-    string for small differences (the data file's cell wins), and raises
-    :class:`~blochnet.errors.ConfigurationError` when a length differs by more than
-    ``tolerance`` (relative) or an angle by more than 2°.
-    """
-    d, s = np.array(dataset_cell.parameters), np.array(structure_cell.parameters)
-    length = np.abs(d[:3] / s[:3] - 1)
-    angle = np.abs(d[3:] - s[3:])
-    shown = (
-        f"data file cell {' '.join(f'{x:g}' for x in d)}, "
-        f"structure cell {' '.join(f'{x:g}' for x in s)}"
-    )
-    if np.any(length > tolerance) or np.any(angle > 2.0):
-        raise ConfigurationError(
-            f"the cells differ too much (lengths by up to {length.max():.1%}, angles by up to "
-            f"{angle.max():.2f}°; allowed {tolerance:.1%} and 2°): {shown}"
-        )
-    if np.all(length <= 1e-4) and np.all(angle <= 0.01):
-        return None
-    return (
-        f"the structure's cell differs from the data file's (lengths by up to "
-        f"{length.max():.2%}, angles by up to {angle.max():.2f}°); using the data file's cell: "
-        f"{shown}"
-    )

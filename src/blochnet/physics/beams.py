@@ -3,7 +3,7 @@
 Sign conventions
 ----------------
 * The beam direction d is the direction in which the electrons travel, a unit vector in
-  the Cartesian crystal frame of :mod:`blochnet.physics.lattice`. A zone axis [uvw] means
+  the Cartesian crystal frame of :mod:`blochnet.lattice`. A zone axis [uvw] means
   d ∥ u a + v b + w c.
 * The wave vector in the crystal is K = |K| d with |K| = sqrt(1/λ² + U₀) [Å⁻¹, no 2π].
 * A diffracted beam g has wave vector K + g (Laue condition k' = k + g).
@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Cell
-from blochnet.physics.lattice import direct_matrix, reciprocal_matrix
+from blochnet.errors import ConfigurationError
+from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 
 def reciprocal_lattice_points(cell: Cell, g_max: float) -> np.ndarray:
@@ -34,7 +35,7 @@ def reciprocal_lattice_points(cell: Cell, g_max: float) -> np.ndarray:
     ndarray (refl, 3) int64.
     """
     if g_max <= 0:
-        raise ValueError(f"g_max must be positive, got {g_max} Å⁻¹")
+        raise ConfigurationError(f"g_max must be positive, got {g_max} Å⁻¹")
     b = reciprocal_matrix(cell)
     bounds = [int(math.floor(g_max * length)) for length in (cell.a, cell.b, cell.c)]
     axes = [np.arange(-n, n + 1) for n in bounds]
@@ -50,7 +51,9 @@ def zone_axis_direction(cell: Cell, uvw) -> np.ndarray:
     """Unit Cartesian vector along the direct-lattice direction [uvw] (non-integer allowed)."""
     uvw = np.asarray(uvw, dtype=float)
     if uvw.shape != (3,) or not np.all(np.isfinite(uvw)) or not np.any(uvw):
-        raise ValueError(f"a zone axis needs three finite components, not all zero; got {uvw}")
+        raise ConfigurationError(
+            f"a zone axis needs three finite components, not all zero; got {uvw}"
+        )
     d = direct_matrix(cell) @ uvw
     return d / np.linalg.norm(d)
 
@@ -76,7 +79,7 @@ def normal_factors(g_cart: Tensor, k_vec: Tensor, normal: Tensor) -> tuple[Tenso
     """
     kn = (k_vec * normal).sum(-1)
     if torch.any(kn <= 0):
-        raise ValueError("the surface normal must point along the beam (K·n > 0)")
+        raise ConfigurationError("the surface normal must point along the beam (K·n > 0)")
     factor = 1 + (g_cart @ normal[..., :, None])[..., 0] / kn[..., None]
     return factor, kn
 

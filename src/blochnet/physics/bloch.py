@@ -26,8 +26,8 @@ Three solvers, chosen by value:
 
 All three return intensities I_g(t) = |ψ_g(t)|², the fraction of the incident flux in beam
 g leaving the exit surface, for the symmetrised structure matrix of
-:func:`blochnet.physics.structure_matrix.structure_matrix`. Shapes follow the glossary:
-``orient`` (orientations in a batch), ``thick``, ``beam``.
+:func:`blochnet.physics.structure_matrix.structure_matrix`. Shapes follow the glossary
+(docs/glossary.md): ``orient`` (orientations in a batch), ``thick``, ``beam``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
+from blochnet.errors import ConfigurationError
 from blochnet.physics.propagation import propagate_intensities, propagation_backward
 
 Solver = Literal["eigh", "eig", "expm"]
@@ -47,14 +49,14 @@ SOLVERS: tuple[str, ...] = ("eigh", "eig", "expm")
 
 
 def bloch_intensities(
-    matrix: Tensor,
-    thickness: Tensor,
-    c: Tensor | float,
+    matrix: Shaped[Tensor, "orient beam beam"],
+    thickness: Float[Tensor, " thick"] | Float[Tensor, "orient thick"],
+    c: Float[Tensor, " orient"] | Float[Tensor, ""] | float,
     *,
-    absorptive: Tensor | None = None,
+    absorptive: Shaped[Tensor, "orient beam beam"] | None = None,
     solver: Solver = "eigh",
     incident: int = 0,
-) -> Tensor:
+) -> Float[Tensor, "orient thick beam"]:
     """Intensities of every beam at every thickness.
 
     Parameters
@@ -90,7 +92,7 @@ def bloch_intensities(
         return _GeneralPropagation.apply(matrix, absorptive, thickness, c, incident)
     if solver == "expm":
         return _expm_intensities(matrix, absorptive, thickness, c, incident)
-    raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    raise ConfigurationError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
 
 
 # LAPACK's batched eigensolvers loop over the matrices; threading inside each small

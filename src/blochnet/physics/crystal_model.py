@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from blochnet.crystal import Crystal
-from blochnet.physics.lattice import reciprocal_matrix
+from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.scattering import charge_scattering_factors, electron_scattering_factors
 from blochnet.physics.structure_factors import structure_factors
-from blochnet.physics.symmetry import UnitCellExpansion, block_diagonal, site_constraints
-from blochnet.physics.units import potential_prefactor
+from blochnet.physics.symmetry import UnitCellExpansion
+from blochnet.sitesym import block_diagonal, site_constraints
+from blochnet.units import potential_prefactor
 
 
 @dataclass

@@ -16,7 +16,7 @@ the atom's valence shell; :func:`charge_scattering_factors` gives the resulting 
 f_e per unit charge (Mott–Bethe), with the valence shell a Slater-type orbital
 (:func:`valence_shell`).
 
-Units follow :mod:`blochnet.physics.units`: g = |g| = 1/d in Å⁻¹ (no 2π), f_e in Å.
+Units follow :mod:`blochnet.units`: g = |g| = 1/d in Å⁻¹ (no 2π), f_e in Å.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from blochnet.errors import ConfigurationError
-from blochnet.physics.units import BOHR_RADIUS
+from blochnet.units import BOHR_RADIUS
 
 TABLES = ("lobato", "peng")
 
@@ -137,7 +137,7 @@ def electron_scattering_factors(
     -------
     Tensor, shape ``(len(elements), *g.shape)``
         f_e [Å] for each element (non-relativistic; multiply by the Lorentz factor γ
-        for the potential, see :func:`blochnet.physics.units.potential_prefactor`).
+        for the potential, see :func:`blochnet.units.potential_prefactor`).
 
     Raises
     ------

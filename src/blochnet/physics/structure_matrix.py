@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 
@@ -63,13 +64,27 @@ class BeamBatch:
         return self.mask.sum(-1)
 
 
+_DENSE_KEYS = 2**24  # largest key range numbered with a dense table (else by sorting)
+
+
 def _difference_table(hkl: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct g − h over a padded batch (orient, beam, 3) and the index of every pair."""
     span = int(hkl.abs().max()) * 2 + 1
     base = 2 * span + 1
-    diff = hkl[:, :, None, :] - hkl[:, None, :, :] + span  # non-negative
-    keys = (diff[..., 0] * base + diff[..., 1]) * base + diff[..., 2]
-    unique, index = torch.unique(keys, return_inverse=True)
+    # key of (g − h + span), non-negative components below base; the key is linear in
+    # the indices, so it is the difference of the beams' own keys (no (…, 3) pair array)
+    own = (hkl[..., 0] * base + hkl[..., 1]) * base + hkl[..., 2]
+    keys = own[:, :, None] - own[:, None, :] + (span * base + span) * base + span
+    if base**3 <= _DENSE_KEYS:
+        # keys are bounded: mark the present ones in a dense table and number them in
+        # order (the result of a sort-based unique, in linear time)
+        present = torch.zeros(base**3, dtype=torch.bool, device=keys.device)
+        present[keys.reshape(-1)] = True
+        unique = torch.nonzero(present)[:, 0]
+        number = torch.cumsum(present, 0) - 1
+        index = number[keys]
+    else:
+        unique, index = torch.unique(keys, return_inverse=True)
     h, rest = unique // (base * base), unique % (base * base)
     differences = torch.stack([h, rest // base, rest % base], dim=-1) - span
     return differences, index
@@ -119,16 +134,20 @@ def structure_matrix(
 
 def structure_matrices(
     batch: BeamBatch,
-    potential: Tensor,
-    excitation: Tensor,
-    k: Tensor,
-    u0: Tensor,
-    absorption: float | Tensor,
-    factor: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
+    potential: Shaped[Tensor, " ref"],
+    excitation: Float[Tensor, "orient beam"],
+    k: Float[Tensor, ""],
+    u0: Float[Tensor, ""],
+    absorption: float | Float[Tensor, ""],
+    factor: Float[Tensor, "orient beam"] | None = None,
+) -> tuple[Shaped[Tensor, "orient beam beam"], Shaped[Tensor, "orient beam beam"] | None]:
     """Elastic matrix A and, for κ = ``absorption`` > 0 or a tensor (differentiable, even
     at 0), the absorptive matrix A' with U'_g = κ U_g (diagonal κ U₀); None without
-    absorption."""
+    absorption.
+
+    ``potential`` (ref,): U_g [Å⁻²] of ``batch.differences``; ``excitation`` (orient,
+    beam): s_g [Å⁻¹]; ``k``: |K| [Å⁻¹]; ``u0``: U₀ [Å⁻²]; ``factor`` (orient, beam): the
+    inclined-surface factors (module notes), None for a surface normal to the beam."""
     a = structure_matrix(batch, potential, excitation, k, factor)
     if not isinstance(absorption, Tensor) and absorption <= 0:
         return a, None

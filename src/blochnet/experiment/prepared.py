@@ -1,0 +1,97 @@
+"""A data set prepared once for a run: structure in the data's cell, plan, observations.
+
+:func:`prepare` checks the structure's cell against the data file's (warning once) and
+builds the :class:`~blochnet.experiment.plan.FramePlan` of the settings; every stage of a
+run (thickness scans, the absolute-structure check, convergence checks, the refinement
+model, the final scoring) takes the :class:`PreparedData` and reuses its plan. Plans of
+other settings (a convergence check's finer ones) are built on request and kept, so no
+settings are planned twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from blochnet.crystal import Crystal
+from blochnet.dataset import Dataset, structure_in_data_cell
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.frames import FrameSimulator, crystal_model
+from blochnet.experiment.observations import Observations
+from blochnet.experiment.plan import FramePlan, build_plan
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """One data set of a run at one set of simulation settings.
+
+    Attributes
+    ----------
+    dataset : the data set.
+    crystal : the structure in the data set's cell (the hand as given to :func:`prepare`).
+    plan : the frame plan of ``settings``.
+    observations : the rows ``plan`` simulates (all in the fit set).
+    dtype, device : of every tensor built from it.
+    """
+
+    dataset: Dataset
+    crystal: Crystal
+    plan: FramePlan
+    observations: Observations
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str | None = None
+    _plans: dict = field(default_factory=dict, repr=False)  # shared by every copy
+
+    @property
+    def settings(self) -> SimulationConfig:
+        return self.plan.settings
+
+    def simulator(self, crystal: Crystal | None = None) -> FrameSimulator:
+        """A simulator of the plan for ``crystal`` (default: the prepared structure), e.g.
+        the other hand or a refined structure, put in this data set's cell (the cells
+        were compared when the data were prepared)."""
+        crystal = self.crystal if crystal is None else replace(crystal, cell=self.crystal.cell)
+        model = crystal_model(crystal, self.plan, dtype=self.dtype, device=self.device)
+        return FrameSimulator(self.plan, model)
+
+    def with_settings(self, settings: SimulationConfig) -> PreparedData:
+        """The same data set at ``settings`` (its plan built once, then reused)."""
+        if settings == self.settings:
+            return self
+        plan = self.plan_for(settings)
+        return dataclasses.replace(self, plan=plan, observations=Observations.of(plan))
+
+    def with_crystal(self, crystal: Crystal) -> PreparedData:
+        """The same data and plans with another structure of the same cell (e.g. the other
+        hand)."""
+        return dataclasses.replace(self, crystal=crystal)
+
+    def plan_for(self, settings: SimulationConfig, frames: np.ndarray | None = None) -> FramePlan:
+        """The plan of ``settings`` (restricted to the rows of frame rows ``frames``),
+        built on first request and kept."""
+        key = (settings.model_dump_json(), None if frames is None else tuple(np.asarray(frames)))
+        if key not in self._plans:
+            self._plans[key] = build_plan(
+                self.dataset, settings, frames=frames, dtype=self.dtype, device=self.device
+            )
+        return self._plans[key]
+
+
+def prepare(
+    crystal: Crystal,
+    dataset: Dataset,
+    settings: SimulationConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+) -> PreparedData:
+    """``dataset`` prepared for simulations of ``crystal`` at ``settings``: the structure
+    in the data file's cell (checked once), the plan and the observations."""
+    settings = settings or SimulationConfig()
+    in_cell = structure_in_data_cell(crystal, dataset)
+    plan = build_plan(dataset, settings, dtype=dtype, device=device)
+    plans = {(settings.model_dump_json(), None): plan}
+    return PreparedData(dataset, in_cell, plan, Observations.of(plan), dtype, device, plans)

@@ -1,0 +1,119 @@
+"""The configuration of a refinement: everything that changes its result (saved with it).
+
+:class:`RefineConfig` holds the simulation settings, the thickness and orientation models,
+the learning rates per parameter group (:class:`LearningRates`), what is refined and how;
+run-time settings (device, threads, paths) are not here. ``blochnet refine --config
+FILE.toml`` sets any field (unknown keys are refused).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blochnet.experiment.config import SimulationConfig
+from blochnet.refinement.orientation import OrientationConfig
+from blochnet.refinement.thickness import ThicknessConfig
+
+AbsoluteStructureMode = Literal["check", "given", "inverted"]
+Optimiser = Literal["adam", "lbfgs"]
+
+
+class LearningRates(BaseModel):
+    """Adam learning rates per parameter group (0 fixes the group)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    xyz: float = Field(5e-4, ge=0, description="free coordinates [fractional]")
+    adp: float = Field(3e-4, ge=0, description="Uiso / free Uij [Å²]")
+    occupancy: float = Field(0.0, ge=0)
+    charge: float = Field(3e-2, ge=0, description="partial charges [e]")
+    absorption: float = Field(1e-3, ge=0, description="κ (when refine_absorption)")
+    orientation: float = Field(3e-4, ge=0, description="frame rotation vectors [rad]")
+    orientation_network: float = Field(
+        3e-3, ge=0, description="weights of a learned orientation drift ([orientation] neural)"
+    )
+    thickness: float = Field(3e-3, ge=0, description="thickness-model parameters")
+
+
+class RefineConfig(BaseModel):
+    """Everything that changes the result of a refinement (saved with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
+    orientation: OrientationConfig = Field(default_factory=OrientationConfig)
+    learning_rates: LearningRates = Field(default_factory=LearningRates)
+    epochs: int = Field(80, ge=1)
+    optimiser: Optimiser = Field(
+        "adam",
+        description="first stage: Adam with per-group learning rates, or L-BFGS (one "
+        "line-searched step per epoch over the groups with a learning rate > 0)",
+    )
+    lr_final: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Adam: the learning rates decay along a cosine to this fraction of "
+        "themselves at the last epoch (1: constant)",
+    )
+    lm_iterations: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Levenberg–Marquardt iterations on the physical parameters after Adam (each "
+            "builds a Jacobian: one backward pass per structure parameter and per colour "
+            "and component of the per-frame ones)"
+        ),
+    )
+    refine_xyz: str = "all"
+    refine_adp: str = "all"
+    refine_occupancy: str = "none"
+    refine_charge: str = Field(
+        "all",
+        description=(
+            "atoms whose partial charge is refined (the last one selected keeps the cell "
+            "neutral; 'all' on a structure of one atom refines none); 'none': neutral "
+            "atoms, or the charges the structure file gives"
+        ),
+    )
+    refine_orientation: bool = True
+    refine_absorption: bool = Field(
+        False, description="refine κ, starting from simulation.absorption (0.05 when that is 0)"
+    )
+    holdout_fraction: float = Field(0.0, ge=0, lt=0.9, description="frames held out")
+    instability: float = Field(
+        0.0, ge=0, le=1, description="u of the weights w = 1/(σ² + (u·Io)²) of the objective"
+    )
+    robust: float = Field(
+        2.385,
+        ge=0,
+        description=(
+            "b of the robust (Cauchy) loss, c = b × the robust scale of the weighted "
+            "residuals (see blochnet.refinement.objective); 0: plain weighted least squares"
+        ),
+    )
+    absolute_structure: AbsoluteStructureMode = Field(
+        "check",
+        description=(
+            "non-centrosymmetric structures: 'check' scans the thickness with the structure "
+            "as given and inverted and refines the hand with the lower R1(obs); 'given' or "
+            "'inverted' refine that hand"
+        ),
+    )
+    auto_setup: bool = Field(
+        True,
+        description=(
+            "choose the starting thickness (scan) and check the beam set and rocking "
+            "sampling for convergence, for what the configuration does not set"
+        ),
+    )
+    checkpoint_every: int = Field(5, ge=1)
+    seed: int = 0
+    plot: bool = Field(
+        True,
+        description="draw refinement.png (thickness distributions, per-frame R and scale, "
+        "Io against Ic, convergence) when matplotlib is installed (the plot extra)",
+    )

@@ -1,0 +1,128 @@
+"""The refined model: the structure (shared by every data set) and one objective per data
+set (its thickness model, frame orientations and observations), and its assembly from
+prepared data.
+
+The loss is the sum of the data sets' objectives (:mod:`blochnet.refinement.objective`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from blochnet.crystal import Crystal
+from blochnet.dataset import Dataset
+from blochnet.experiment.geometry import beam_directions
+from blochnet.experiment.prepared import PreparedData, prepare
+from blochnet.refinement.config import RefineConfig
+from blochnet.refinement.objective import Objective, joint_figures_of_merit
+from blochnet.refinement.parameters import StructureParameters, atom_selection
+
+DEFAULT_START = 600.0  # starting thickness [Å] where neither the configuration nor a scan sets one
+
+
+class Refinement(nn.Module):
+    """The structure and one objective per data set."""
+
+    def __init__(self, structure: StructureParameters, objectives: list[Objective]) -> None:
+        super().__init__()
+        self.structure = structure
+        self.objectives = nn.ModuleList(objectives)
+
+    def forward(self) -> torch.Tensor:
+        return sum(objective() for objective in self.objectives)
+
+    def update_robust_scale(self, *, fresh: bool = False) -> None:
+        """Update c of every data set's robust loss (see :class:`Objective`)."""
+        for objective in self.objectives:
+            objective.update_robust_scale(fresh=fresh)
+
+    def after_step(self) -> None:
+        """After every optimiser step: positive-definite ADPs, κ ≥ 0, robust scale."""
+        self.structure.keep_adps_positive_definite()
+        self.update_robust_scale()
+
+    def last_r_values(self) -> dict[str, float]:
+        """wR2 and R1(obs) (pooled and as a frame mean) of the fit set, and R1(obs) pooled
+        over the held-out observations (nan without), for the parameters of the last
+        ``forward()``."""
+        fit = joint_figures_of_merit(self.objectives, last=True)
+        out = {"wr2": fit.wr2, "r_obs": fit.r1_obs, "r_obs_frame_mean": fit.r1_obs_frame_mean}
+        if not all(bool(o.fit.all()) for o in self.objectives):
+            out["r_free"] = joint_figures_of_merit(self.objectives, subset="free", last=True).r1_obs
+        return out
+
+
+def build_refinement(
+    data: list[PreparedData],
+    config: RefineConfig,
+    *,
+    crystal: Crystal | None = None,
+    starts: list[float] | None = None,
+) -> Refinement:
+    """The refinement of ``crystal`` (default: the first data set's prepared structure; it
+    must be in the data sets' cell) against the prepared data sets, with their plans.
+
+    ``starts``: starting thickness of each data set [Å] where ``config.thickness.t0`` is
+    not set (default 600 Å). Frames held out (``config.holdout_fraction``) are drawn with
+    ``config.seed``.
+    """
+    crystal = data[0].crystal if crystal is None else crystal
+    simulators = [d.simulator(crystal) for d in data]
+    labels = [a.label for a in crystal.atoms]
+    structure = StructureParameters(
+        simulators[0].model,
+        xyz=atom_selection(config.refine_xyz, labels),
+        adp=atom_selection(config.refine_adp, labels),
+        occupancy=atom_selection(config.refine_occupancy, labels),
+        charge=atom_selection(config.refine_charge, labels),
+        absorption=(config.simulation.absorption or 0.05)
+        if config.refine_absorption
+        else config.simulation.absorption,
+        refine_absorption=config.refine_absorption,
+    )
+    rng = np.random.default_rng(config.seed)
+    objectives = []
+    for n, (prepared, sim) in enumerate(zip(data, simulators, strict=True)):
+        ds = prepared.dataset
+        t0 = config.thickness.t0 or (starts[n] if starts else DEFAULT_START)
+        directions = beam_directions(ds)  # network inputs when the configuration asks
+        thickness = config.thickness.build(ds.frames.alpha, t0=t0, directions=directions)
+        thickness = thickness.to(dtype=prepared.dtype, device=prepared.device)
+        observations = prepared.observations
+        if config.holdout_fraction > 0:
+            n_out = max(1, round(config.holdout_fraction * ds.n_frames))
+            observations = observations.holding_out(rng.choice(ds.n_frames, n_out, replace=False))
+        orientation = config.orientation.build(
+            ds.frames.alpha, directions=directions, dtype=prepared.dtype
+        )
+        objectives.append(
+            Objective(
+                sim,
+                observations,
+                structure,
+                thickness,
+                refine_orientation=config.refine_orientation,
+                orientation=orientation,
+                instability=config.instability,
+                robust=config.robust,
+            )
+        )
+    return Refinement(structure, objectives)
+
+
+def refinement_for(
+    crystal: Crystal,
+    datasets: list[Dataset],
+    config: RefineConfig,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+    starts: list[float] | None = None,
+) -> Refinement:
+    """:func:`build_refinement` of ``crystal`` against ``datasets`` prepared at
+    ``config.simulation`` (one call that prepares too; a run prepares once and builds
+    from its prepared data)."""
+    data = [prepare(crystal, ds, config.simulation, dtype=dtype, device=device) for ds in datasets]
+    return build_refinement(data, config, starts=starts)

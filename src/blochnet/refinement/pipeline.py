@@ -1,0 +1,240 @@
+"""A whole refinement as a list of stages, each handed what the previous ones made.
+
+prepare (every data set once: structure in the data's cell, frame plan, observations) →
+choose the hand (:mod:`blochnet.refinement.absolute`) → choose the settings
+(:mod:`blochnet.refinement.simulation_settings`) → build the model
+(:mod:`blochnet.refinement.model`) → optimise (:mod:`blochnet.refinement.engine`,
+:mod:`blochnet.refinement.gauss_newton`) → standard uncertainties
+(:mod:`blochnet.refinement.uncertainty`) → score the inverse → write the outputs
+(:mod:`blochnet.refinement.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blochnet.crystal import Crystal
+from blochnet.dataset import Dataset
+from blochnet.experiment.config import SimulationConfig
+from blochnet.experiment.prepared import PreparedData, prepare
+from blochnet.io.atomic import write_text_atomically
+from blochnet.io.output_folder import check_output_folder
+from blochnet.refinement.absolute import (
+    AbsoluteStructure,
+    choose_absolute_structure,
+    inverse_r_values,
+)
+from blochnet.refinement.config import RefineConfig
+from blochnet.refinement.engine import EpochRecord, optimise_adam
+from blochnet.refinement.gauss_newton import LMRecord, levenberg_marquardt
+from blochnet.refinement.model import Refinement, build_refinement
+from blochnet.refinement.report import count_parameters, refined_crystal, write_report
+from blochnet.refinement.simulation_settings import choose_settings
+from blochnet.refinement.timings import Timings
+from blochnet.refinement.uncertainty import structure_uncertainties
+
+Say = Callable[[str], None] | None
+
+
+@dataclass
+class RefinementResult:
+    crystal: Crystal
+    report: dict
+    history: list[EpochRecord]
+    out_dir: Path
+
+
+@dataclass
+class _Start:
+    """What the refined model starts from: the hand, settings and starting thicknesses."""
+
+    crystal: Crystal
+    hand: AbsoluteStructure
+    config: RefineConfig
+    data: list[PreparedData]
+    starts: list[float] | None
+
+
+def refine(
+    crystal: Crystal,
+    datasets: list[Dataset],
+    out_dir: str | Path,
+    config: RefineConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    resume: bool = False,
+    report: Callable[[EpochRecord], None] | None = None,
+    lm_report: Callable[[LMRecord], None] | None = None,
+    setup_report: Say = None,
+    stage_report: Say = None,
+    timings: Timings | None = None,
+) -> RefinementResult:
+    """Refine ``crystal`` against ``datasets``; outputs go to ``out_dir``.
+
+    Writes ``config.json`` (the resolved configuration), ``checkpoint.pt`` (every
+    ``checkpoint_every`` epochs; ``resume=True`` continues from it), ``report.json``,
+    ``refined.cif``, ``observations.csv``, ``thickness.csv`` and (with matplotlib)
+    ``refinement.png``, each atomically. A non-centrosymmetric structure is first checked
+    against its inverse (``config.absolute_structure``); with ``config.auto_setup``,
+    settings the configuration leaves open are chosen from the data and saved in
+    ``config.json``; each choice goes to ``setup_report``. Adam runs first (every group,
+    networks included), then ``config.lm_iterations`` Levenberg–Marquardt steps on the
+    physical parameters; ``report`` and ``lm_report`` get their records, and the stages
+    after them (s.u., the inverse) are announced through ``stage_report``. The wall time
+    and peak memory of every stage go to ``report.json`` (``timings``: a record that
+    already holds earlier stages, such as reading the files, continues it).
+    """
+    timings = timings or Timings(device=str(device or "cpu"))
+    config = config or RefineConfig()
+    out = check_output_folder(out_dir)
+    if resume and not (out / "checkpoint.pt").exists():
+        warnings.warn(
+            f"nothing to resume in {out} (no checkpoint.pt): starting at epoch 1", stacklevel=2
+        )
+    saved = _saved_start(out) if resume else None
+    simulation = saved["simulation"] if saved else config.simulation
+    with timings.stage("prepare"):
+        data = [prepare(crystal, ds, simulation, dtype=dtype, device=device) for ds in datasets]
+    if saved:
+        start = _resumed(data, config, saved)
+    else:
+        start = _chosen(data, config, setup_report, timings)
+    _write_start(out / "config.json", start)
+    with timings.stage("build"):
+        model = build_refinement(
+            start.data, start.config, crystal=start.crystal, starts=start.starts
+        )
+    with timings.stage("epochs"):
+        history = _optimise(model, start.config, out, resume, report, lm_report)
+    for part in ("forward", "backward"):  # (nan for epochs of a run resumed from an old version)
+        timings.add(f"epochs: {part}", float(np.nansum([getattr(h, f"{part}_s") for h in history])))
+    with timings.stage("s.u."):
+        su = _uncertainties(model, stage_report)
+    refined = refined_crystal(model.structure, su)
+    with timings.stage("inverse"):
+        absolute = _absolute_record(model, refined, start, stage_report)
+    with timings.stage("outputs"):
+        written = write_report(
+            model, refined, history, start.config, out,
+            wall_time=time.perf_counter() - timings.started, su=su, absolute_structure=absolute,
+        )  # fmt: skip
+    written = _record_timings(out / "report.json", written, timings)
+    return RefinementResult(refined, written, history, out)
+
+
+def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: Timings) -> _Start:
+    """Stages before the model: the hand, then (``config.auto_setup``) the settings."""
+    with timings.stage("hand"):
+        crystal, hand = choose_absolute_structure(data[0].crystal, data, config.absolute_structure)
+    _say(say, hand.describe())
+    starts = None
+    if config.auto_setup:
+        with timings.stage("settings"):
+            setup = choose_settings(
+                data,
+                crystal,
+                t0=config.thickness.t0,
+                fixed=set(config.simulation.model_fields_set),
+                scanned=hand.scan_thickness,
+            )
+        for line in setup.lines:
+            _say(say, line)
+        data, starts = setup.data, setup.t0
+        config = config.model_copy(update={"simulation": setup.simulation})
+    return _Start(crystal, hand, config, data, starts)
+
+
+def _saved_start(out: Path) -> dict | None:
+    """The settings, starting thicknesses and hand a run in ``out`` started with (None
+    when it has not written them yet)."""
+    resolved = out / "config.json"
+    if not resolved.exists():
+        return None
+    saved = json.loads(resolved.read_text(encoding="utf-8"))
+    return {
+        "simulation": SimulationConfig.model_validate(saved["simulation"]),
+        "starts": saved.get("starting_thickness"),
+        "hand": AbsoluteStructure.from_dict(
+            saved.get("absolute_structure", {"mode": "given", "inverted": False})
+        ),
+    }
+
+
+def _resumed(data: list[PreparedData], config: RefineConfig, saved: dict) -> _Start:
+    """The start of the run being resumed (its settings, hand and starting thicknesses)."""
+    hand = saved["hand"]
+    crystal = data[0].crystal.inverted() if hand.inverted else data[0].crystal
+    config = config.model_copy(update={"simulation": saved["simulation"]})
+    return _Start(crystal, hand, config, data, saved["starts"])
+
+
+def _write_start(path: Path, start: _Start) -> None:
+    record = json.loads(start.config.model_dump_json()) | {
+        "starting_thickness": start.starts,
+        "absolute_structure": start.hand.to_dict(),
+    }
+    write_text_atomically(path, json.dumps(record, indent=1) + "\n")
+
+
+def _optimise(
+    model: Refinement, config: RefineConfig, out: Path, resume: bool, report, lm_report
+) -> list[EpochRecord]:
+    """Adam (or L-BFGS) over every group, then Levenberg–Marquardt when configured."""
+    sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
+    history = optimise_adam(
+        model, epochs=config.epochs, learning_rates=config.learning_rates.model_dump(),
+        sum_w_io2=sum_w_io2, checkpoint=out / "checkpoint.pt",
+        checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
+        report=report, merit=model.last_r_values, method=config.optimiser,
+        lr_final=config.lr_final,
+    )  # fmt: skip
+    if config.lm_iterations:
+        levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
+    return history
+
+
+def _uncertainties(model: Refinement, say: Say) -> dict | None:
+    """s.u. of the refined structure parameters (None when none is refined)."""
+    free = [p for p in model.structure.shifts() if p.requires_grad]
+    if not any(p.numel() for p in free):
+        return None
+    _say(say, f"standard uncertainties: Jacobian of {sum(p.numel() for p in free)} structure "
+              "parameters")  # fmt: skip
+    tick = time.perf_counter()
+    su = structure_uncertainties(model, n_parameters=count_parameters(model))
+    _say(say, f"standard uncertainties done ({time.perf_counter() - tick:.0f} s)")
+    return su
+
+
+def _absolute_record(model: Refinement, refined: Crystal, start: _Start, say: Say) -> dict:
+    """The hand's record, with the R values of the refined structure inverted where the
+    structure is not centrosymmetric."""
+    absolute = start.hand.to_dict()
+    if not refined.is_centrosymmetric:
+        _say(say, "absolute structure: scoring the refined structure inverted")
+        absolute["inverse_of_refined"] = inverse_r_values(model, refined, start.data, start.config)
+    return absolute
+
+
+def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
+    """``report`` with the timings of every stage (the outputs' included), written again."""
+    report = report | {
+        "timings": timings.to_dict(),
+        "wall_time_s": timings.to_dict()["wall_time_s"],
+    }
+    write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _say(say: Say, line: str) -> None:
+    if say is not None:
+        say(line)

@@ -1,0 +1,123 @@
+"""Standard uncertainties of the refined structure parameters.
+
+Notes
+-----
+cov(p) = (Jᵀ J)⁻¹ · GoF², J = ∂r/∂p of the weighted residuals r = (Io − k Ic)/σ (the frame
+scales k, eliminated in closed form, are differentiated through), GoF² = Σ r² / (N − P).
+The s.u. are conditional on the other refined quantities (thickness model, orientations)
+held at their refined values.
+
+J is computed by automatic differentiation without one backward pass per residual: the
+vector–Jacobian product g(u) = Jᵀ u is built once with a differentiable graph, and each
+column J e_k = ∂(e_k · g)/∂u costs one backward pass through that graph — one per
+parameter, with no new eigendecomposition.
+
+The s.u. are propagated linearly through the site-symmetry maps to x, y, z and Uij, to
+Ueq = tr(U_cart)/3, and through the neutrality constraint to every refined charge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from blochnet.lattice import uij_to_cartesian
+
+
+def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The differentiable graph g(u) = Jᵀu: returns u (zeros, requiring grad) and the
+    gradients of u·r with respect to each parameter; ∂(v·g)/∂u is then J v."""
+    u = torch.zeros_like(r, requires_grad=True)
+    return u, torch.autograd.grad(r, parameters, grad_outputs=u, create_graph=True)
+
+
+def jacobian_columns(g: Tensor, u: Tensor) -> list[Tensor]:
+    """J e_k for every element k of the flattened g = Jᵀu (one backward pass each)."""
+    flat = g.reshape(-1)
+    return [torch.autograd.grad(flat[k], u, retain_graph=True)[0] for k in range(flat.numel())]
+
+
+def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Residual vector r (n,) and its Jacobian (n, P) with respect to ``parameters``.
+
+    ``residuals`` is a callable returning r; every parameter must require grad.
+    """
+    r = residuals()
+    u, grads = transposed_jacobian(r, parameters)
+    columns = jacobian_columns(torch.cat([x.reshape(-1) for x in grads]), u)
+    return r.detach(), torch.stack(columns, dim=1).detach()
+
+
+def structure_uncertainties(model, *, n_parameters: int) -> dict:
+    """s.u. of the refined structure parameters of a :class:`~blochnet.refinement.model.Refinement`.
+
+    Returns ``{"free": (P,) s.u. of the refined free parameters (order of
+    ``model.structure.names``), "xyz": (atom, 3), "uij": (atom, 6), "ueq": (atom,),
+    "occupancy": (atom,), "charge": (atom,), "absorption": s.u. of κ or None}`` (zeros
+    where a value is not refined), plus "gof".
+    """
+    structure = model.structure
+    params = list(structure.shifts())
+    active = [p for p in params if p.requires_grad and p.numel()]
+
+    def residuals():
+        return torch.cat([objective.residuals() for objective in model.objectives])
+
+    r, jac = residual_jacobian(residuals, active)
+    gof2 = float((r**2).sum()) / max(len(r) - n_parameters, 1)
+    normal = jac.T @ jac
+    cov_active = torch.linalg.pinv(normal, hermitian=True) * gof2
+    sizes = [p.numel() for p in params]
+    full = torch.zeros(sum(sizes), sum(sizes), dtype=cov_active.dtype, device=cov_active.device)
+    index = torch.cat(
+        [
+            torch.arange(s, device=full.device) + off
+            if p.requires_grad
+            else torch.zeros(0, dtype=torch.long, device=full.device)
+            for p, s, off in zip(params, sizes, np.cumsum([0, *sizes[:-1]]), strict=True)
+        ]
+    )
+    full[index[:, None], index[None, :]] = cov_active
+    return _propagate(structure, full, sizes) | {"gof": gof2**0.5}
+
+
+def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
+    """Through x = x0 + P p, uij = Q q, q = q0 + C c to coordinates, Uij, Ueq and charges."""
+    model = structure.model
+    n_atom = len(model.crystal.atoms)
+    nx, na, no, nc, nk = sizes
+    n_xyz_all, n_adp_all = model.xyz_map.shape[1], model.adp_map.shape[1]
+    # refined shifts → all free parameters (selection matrices)
+    sel_x = torch.zeros(n_xyz_all, nx, dtype=cov.dtype, device=cov.device)
+    sel_x[structure.xyz_index, torch.arange(nx)] = 1
+    sel_a = torch.zeros(n_adp_all, na, dtype=cov.dtype, device=cov.device)
+    sel_a[structure.adp_index, torch.arange(na)] = 1
+    jx = model.xyz_map @ sel_x  # (3 atom, nx)
+    ja = model.adp_map @ sel_a  # (6 atom, na)
+    cxx, caa = cov[:nx, :nx], cov[nx : nx + na, nx : nx + na]
+    xyz_var = torch.einsum("ik,kl,il->i", jx, cxx, jx).clamp(min=0)
+    uij_var = torch.einsum("ik,kl,il->i", ja, caa, ja).clamp(min=0)
+    # Ueq = tr(U_cart)/3 is linear in uij
+    eye6 = torch.eye(6, dtype=cov.dtype, device=cov.device)
+    trace_row = torch.diagonal(uij_to_cartesian(model.crystal.cell, eye6), dim1=-2, dim2=-1)
+    ueq_row = trace_row.sum(-1) / 3  # (6,)
+    jeq = torch.block_diag(*[ueq_row[None]] * n_atom) @ ja  # (atom, na)
+    ueq_var = torch.einsum("ik,kl,il->i", jeq, caa, jeq).clamp(min=0)
+    occ_var = torch.zeros(n_atom, dtype=cov.dtype, device=cov.device)
+    occ = slice(nx + na, nx + na + no)
+    occ_var[structure.occ_index] = torch.diagonal(cov[occ, occ]).clamp(min=0)
+    charge = slice(nx + na + no, nx + na + no + nc)
+    jc = structure.charge_map  # (atom, nc)
+    charge_var = torch.einsum("ik,kl,il->i", jc, cov[charge, charge], jc).clamp(min=0)
+    free_var = torch.diagonal(cov).clamp(min=0)
+    to_np = lambda v: v.sqrt().detach().cpu().numpy()  # noqa: E731
+    return {
+        "free": to_np(free_var),
+        "xyz": to_np(xyz_var).reshape(n_atom, 3),
+        "uij": to_np(uij_var).reshape(n_atom, 6),
+        "ueq": to_np(ueq_var),
+        "occupancy": to_np(occ_var),
+        "charge": to_np(charge_var),
+        "absorption": float(to_np(free_var[charge.stop :]).sum()) if nk else None,
+    }

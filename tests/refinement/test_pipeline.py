@@ -1,0 +1,94 @@
+"""The refinement pipeline prepares each data set once: one frame plan per settings, shared
+by both hands, the thickness scans, the set-up checks, the model and the final scoring."""
+
+import dataclasses
+import inspect
+import json
+import warnings
+
+import pytest
+from small_data import SIMULATION, small_quartz_frames
+
+import blochnet
+from blochnet.crystal import Cell
+from blochnet.examples import example_path
+from blochnet.experiment import frames, plan, prepared
+from blochnet.experiment.config import SimulationConfig
+from blochnet.io.cif import read_structure
+from blochnet.refinement.config import LearningRates, RefineConfig
+from blochnet.refinement.pipeline import refine
+from blochnet.refinement.thickness import ThicknessConfig
+from blochnet.refinement.timings import Stage, Timings
+
+
+@pytest.fixture(scope="module")
+def quartz():
+    crystal = read_structure(example_path("quartz"))
+    return crystal, small_quartz_frames(crystal, seed=4)
+
+
+def test_each_settings_is_planned_once_and_the_cell_warning_is_shown_once(
+    quartz, tmp_path, monkeypatch
+):
+    """With the hand check, the thickness scan and the convergence check on: one plan for
+    the starting settings (both hands, the scans, the model and the inverse share it) and
+    one for each finer setting the check tries (taking it builds nothing more)."""
+    crystal, dataset = quartz
+    a, b, c, alpha, beta, gamma = dataset.cell.parameters
+    off_cell = dataclasses.replace(crystal, cell=Cell(a * 1.001, b * 1.001, c, alpha, beta, gamma))
+    builds = []
+
+    def counting(dataset, settings=None, **options):
+        builds.append((settings.model_dump_json(), options.get("frames")))
+        return plan.build_plan(dataset, settings, **options)
+
+    monkeypatch.setattr(prepared, "build_plan", counting)
+    monkeypatch.setattr(frames, "build_plan", counting)
+    # n_tilts and the selection fixed; the beam set (g_max, sg_max) left to the check
+    simulation = SimulationConfig.model_validate(
+        {"n_tilts": SIMULATION.n_tilts, "selection": SIMULATION.selection.model_dump()}
+    )
+    config = RefineConfig(
+        simulation=simulation,
+        epochs=1,
+        thickness=ThicknessConfig(kind="global"),
+        learning_rates=LearningRates(xyz=1e-4, adp=0.0, orientation=0.0, thickness=0.0),
+        refine_charge="none",
+        plot=False,
+    )
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refine(off_cell, [dataset], tmp_path, config, setup_report=lines.append)
+    cell_warnings = [w for w in caught if "cell differs" in str(w.message)]
+    assert len(cell_warnings) == 1
+    checks = [line for line in lines if "against a finer calculation" in line]
+    assert any(line.startswith("absolute structure") for line in lines) and checks
+    assert len(builds) == 1 + len(checks)
+    assert len(set(builds)) == len(builds)  # no settings planned twice
+    timings = json.loads((tmp_path / "report.json").read_text())["timings"]
+    names = [stage["name"] for stage in timings["stages"]]
+    assert names == [
+        "prepare", "hand", "settings", "build", "epochs", "epochs: forward",
+        "epochs: backward", "s.u.", "inverse", "outputs",
+    ]  # fmt: skip
+    assert all(stage["seconds"] >= 0 for stage in timings["stages"])
+    assert timings["peak_memory_gb"] > 0.05  # a Python process with torch loaded
+    assert sum(s["seconds"] for s in timings["stages"][:5]) <= timings["wall_time_s"]
+
+
+def test_the_summary_line_sums_repeated_stages_and_nests_parts():
+    timings = Timings(stages=[
+        Stage("read", 0.25, 0.1), Stage("epochs", 20.0, 2.0), Stage("epochs: forward", 8.0, None),
+        Stage("epochs: backward", 12.0, None), Stage("epochs", 10.0, 1.5),
+    ])  # fmt: skip
+    assert timings.summary() == (
+        "time: read 0.2 s, epochs 30 s (forward 8.0 s, backward 12 s); peak memory 2.00 GB"
+    )
+
+
+def test_refine_is_a_plain_function_with_a_real_signature():
+    assert inspect.isfunction(blochnet.refine)
+    parameters = inspect.signature(blochnet.refine).parameters
+    assert list(parameters)[:4] == ["crystal", "datasets", "out_dir", "config"]
+    assert "Refine ``crystal`` against ``datasets``" in blochnet.refine.__doc__
