@@ -21,8 +21,8 @@ from blochnet.io.cif import read_structure
 from blochnet.io.cif_write import write_structure
 from blochnet.io.pets_write import write_pets
 from blochnet.lattice import direct_matrix
-from blochnet.refinement.interrupts import Interrupted
 from blochnet.refinement.config import RefineConfig
+from blochnet.refinement.interrupts import Interrupted
 from blochnet.refinement.pipeline import refine
 
 CONFIG = """
