@@ -114,6 +114,17 @@ def mutated(seed: str, mutations: list[str], rng: random.Random) -> str | bytes:
     return content
 
 
+def check_case(kind: str, content: str | bytes) -> None:
+    """Read ``content`` as a data file or a structure: a sound result, or one clear line."""
+    reader, check, suffix = {
+        "data": (read_pets, check_dataset, ".cif_pets"),
+        "structure": (read_structure, check_crystal, ".cif"),
+    }[kind]
+    result = read_or_explain(reader, write(WORK / f"case{suffix}", content))
+    if result is not None:
+        check(result)
+
+
 NAMES = st.lists(st.sampled_from(sorted(MUTATIONS)), min_size=1, max_size=3)
 RNG = st.randoms(use_true_random=False)
 
@@ -121,19 +132,13 @@ RNG = st.randoms(use_true_random=False)
 @fuzz(800)
 @given(seed=st.sampled_from(sorted(DATA_SEEDS)), names=NAMES, rng=RNG)
 def test_a_data_file_damaged_as_real_files_are_is_read_or_refused_clearly(seed, names, rng):
-    path = write(WORK / "mutated.cif_pets", mutated(DATA_SEEDS[seed], names, rng))
-    dataset = read_or_explain(read_pets, path)
-    if dataset is not None:
-        check_dataset(dataset)
+    check_case("data", mutated(DATA_SEEDS[seed], names, rng))
 
 
 @fuzz(600)
 @given(seed=st.sampled_from(sorted(STRUCTURE_SEEDS)), names=NAMES, rng=RNG)
 def test_a_structure_damaged_as_real_files_are_is_read_or_refused_clearly(seed, names, rng):
-    path = write(WORK / "mutated.cif", mutated(STRUCTURE_SEEDS[seed], names, rng))
-    crystal = read_or_explain(read_structure, path)
-    if crystal is not None:
-        check_crystal(crystal)
+    check_case("structure", mutated(STRUCTURE_SEEDS[seed], names, rng))
 
 
 EDITS = st.lists(
@@ -153,19 +158,13 @@ def _edited(seed: str, edits) -> bytes:
 @fuzz(400)
 @given(seed=st.sampled_from(sorted(DATA_SEEDS)), edits=EDITS)
 def test_random_bytes_in_a_data_file_are_read_or_refused_clearly(seed, edits):
-    path = write(WORK / "bytes.cif_pets", _edited(DATA_SEEDS[seed], edits))
-    dataset = read_or_explain(read_pets, path)
-    if dataset is not None:
-        check_dataset(dataset)
+    check_case("data", _edited(DATA_SEEDS[seed], edits))
 
 
 @fuzz(300)
 @given(seed=st.sampled_from(sorted(STRUCTURE_SEEDS)), edits=EDITS)
 def test_random_bytes_in_a_structure_are_read_or_refused_clearly(seed, edits):
-    path = write(WORK / "bytes.cif", _edited(STRUCTURE_SEEDS[seed], edits))
-    crystal = read_or_explain(read_structure, path)
-    if crystal is not None:
-        check_crystal(crystal)
+    check_case("structure", _edited(STRUCTURE_SEEDS[seed], edits))
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))

@@ -118,6 +118,13 @@ class _Source:
                 raise self.fail(where, f"required column {prefix + name} is missing; found {have}")
         order = [first] + [j for j in range(len(columns)) if j != first]
         table = self.block.find(prefix, [("?" if j != first else "") + columns[j] for j in order])
+        for j in range(len(columns)):
+            if present[j] and not table.has_column(order.index(j)):
+                raise self.fail(
+                    self.at(prefix + columns[j]),
+                    f"{prefix + columns[j]} is outside the loop of {prefix + columns[first]} "
+                    f"(line {item.line_number}); expected one loop with all {prefix} columns",
+                )
         cols = [
             list(table.column(order.index(j))) if present[j] else None for j in range(len(columns))
         ]
