@@ -169,3 +169,27 @@ def test_a_configuration_file_that_is_not_utf8_or_not_toml_is_named(tmp_path):
     assert_one_line_error(run("--example", "quartz", "--config", config), f"{config}", "UTF-8")
     config.write_text("epochs = = 3\n")
     assert_one_line_error(run("--example", "quartz", "--config", config), "not valid TOML")
+
+
+@pytest.mark.parametrize(
+    "command, option, value, expected",
+    [
+        ("evaluate", "--n-tilts", "0", "--n-tilts 0: input should be greater than or equal to 1"),
+        ("evaluate", "--rsg-max", "-1", "--rsg-max -1.0: input should be greater than 0"),
+        ("evaluate", "--rocking", "sideways", "--rocking sideways: input should be 'auto'"),
+        ("simulate", "--n-tilts", "0", "--n-tilts 0: input should be greater than or equal to 1"),
+        ("simulate", "--dose", "-5", "--dose -5.0: input should be greater than 0"),
+    ],
+)
+def test_simulation_options_of_other_commands_follow_the_configuration_rules(
+    tmp_path, command, option, value, expected
+):
+    from blochnet.examples import example_dataset_path, example_path
+
+    structure, data = example_path("quartz"), example_dataset_path("quartz")
+    if command == "evaluate":
+        args = ["evaluate", structure, data, "--thickness", "500", option, value]
+    else:
+        args = ["simulate", structure, "--out", tmp_path / "s.cif_pets", option, value]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert_one_line_error(result, expected)

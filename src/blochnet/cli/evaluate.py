@@ -62,8 +62,9 @@ def evaluate(
 ) -> None:
     import numpy as np
 
+    from blochnet.cli.options import validated
     from blochnet.cli.runtime import prepare_compute
-    from blochnet.experiment.config import SelectionRule, SimulationConfig
+    from blochnet.experiment.config import SimulationConfig
     from blochnet.experiment.evaluate import score_thicknesses
     from blochnet.experiment.prepared import prepare
     from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
@@ -74,15 +75,12 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
     prepare_compute(device, threads)
     grid = [thickness] if thickness is not None else np.linspace(*thickness_scan)
-    config = SimulationConfig(
-        g_max=g_max,
-        sg_max=sg_max,
-        rocking=rocking,
-        n_tilts=n_tilts,
-        rocking_step=rocking_step,
-        absorption=absorption,
-        selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
-    )
+    options = {"g_max": g_max, "sg_max": sg_max, "rocking": rocking, "n_tilts": n_tilts}
+    options |= {"rocking_step": rocking_step, "absorption": absorption}
+    flags = {field: ("--" + field.replace("_", "-"), value) for field, value in options.items()}
+    flags |= {"selection.g_max": ("--score-g-max", score_g_max)}
+    flags |= {"selection.rsg_max": ("--rsg-max", rsg_max)}
+    config = validated(SimulationConfig, flags)  # the rules of the configuration file
     check_thickness(grid, "--thickness" if thickness is not None else "--thickness-scan")
     dataset = read_pets(data)
     crystal = read_structure(structure)

@@ -183,17 +183,12 @@ def _orientation(text: str | None):
 
 def _settings(cls, **values):
     """``cls(**values)``, with validation errors reported by option name."""
-    from pydantic import ValidationError
+    from blochnet.cli.options import validated
 
-    try:
-        return cls(**values)
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = str(item["loc"][0]) if item["loc"] else ""
-            flag = _FLAGS.get(field, field.replace("_", "-"))
-            problems.append(f"{flag}: {item['msg'].removeprefix('Value error, ')}")
-        raise ConfigurationError("; ".join(problems)) from None
+    flags = {
+        name: (_FLAGS.get(name, "--" + name.replace("_", "-")), v) for name, v in values.items()
+    }
+    return validated(cls, flags)
 
 
 def _thickness(value, wedge, law, distribution, samples):
