@@ -58,11 +58,16 @@ class PreparedData:
         return FrameSimulator(self.plan, model)
 
     def with_settings(self, settings: SimulationConfig) -> PreparedData:
-        """The same data set at ``settings`` (its plan built once, then reused)."""
-        if settings == self.settings:
-            return self
+        """The same data set at ``settings`` (its plan taken from those already built, or
+        built). The new record keeps only that plan: the plans of settings tried and not
+        taken (a convergence check's) are freed with the record they were built for."""
         plan = self.plan_for(settings)
-        return dataclasses.replace(self, plan=plan, observations=Observations.of(plan))
+        return dataclasses.replace(
+            self,
+            plan=plan,
+            observations=Observations.of(plan),
+            _plans={(settings.model_dump_json(), None): plan},
+        )
 
     def with_crystal(self, crystal: Crystal) -> PreparedData:
         """The same data and plans with another structure of the same cell (e.g. the other

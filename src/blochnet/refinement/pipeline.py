@@ -108,6 +108,7 @@ def refine(
         start = _resumed(data, config, saved)
     else:
         start = _chosen(data, config, setup_report, timings)
+    del data  # the plans of settings tried and not taken go with it
     _write_start(out / "config.json", start)
     with timings.stage("build"):
         model = build_refinement(
