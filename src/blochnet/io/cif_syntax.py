@@ -1,5 +1,7 @@
 """CIF text to a gemmi document, with each syntax error reported where its cause is.
 
+:func:`read_text` reads the file strictly (UTF-8 text, any line endings).
+
 gemmi stops at the first syntax error and names the line where it noticed it; for some
 errors that is not where the file is damaged. :func:`parse_cif` adds what a user needs:
 
@@ -50,6 +52,31 @@ def parse_cif(
                 continue
             raise _explained(path, lines, line, problem, tag) from None
     raise InputFileError(path, "", f"more than {_MAX_REPAIRS} damaged values; not read")
+
+
+def read_text(path: Path, expected: str) -> str:
+    """The text of a CIF file, strictly: one line naming the byte that is not UTF-8 text
+    (or a control character), an empty file, or a file that cannot be read. Line endings
+    (LF, CRLF, CR, mixed) become LF, a byte-order mark is dropped."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(path, "", f"cannot read the file ({exc.strerror})") from None
+    if not data.strip():
+        raise InputFileError(path, "", f"the file is empty; expected {expected}")
+    bad = re.search(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]", data)
+    if bad is None:
+        try:
+            text = data.decode("utf-8").removeprefix("\ufeff")
+            return text.replace("\r\n", "\n").replace("\r", "\n")  # mixed line endings
+        except UnicodeDecodeError as exc:
+            offset, problem = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
+    else:
+        offset, problem = bad.start(), f"control byte 0x{data[bad.start()]:02x}"
+    line = data.count(b"\n", 0, offset) + 1
+    raise InputFileError(
+        path, f"line {line}", f"{problem}; expected a text CIF file (ASCII or UTF-8)"
+    )
 
 
 def _location(error: Exception) -> tuple[int | None, str]:

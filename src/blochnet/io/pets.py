@@ -25,7 +25,7 @@ import numpy as np
 from blochnet.crystal import CELL_NAMES, Cell, cell_range_problem
 from blochnet.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.errors import InputFileError
-from blochnet.io.cif_syntax import parse_cif
+from blochnet.io.cif_syntax import parse_cif, read_text
 from blochnet.lattice import reciprocal_matrix
 from blochnet.units import wavelength_to_energy
 
@@ -181,28 +181,6 @@ def _row_lines(lines: list[str], start: int, width: int, nrows: int) -> np.ndarr
                 out[count // width] = number
             count += 1
     return out
-
-
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(path, "", f"cannot read the file ({exc.strerror})") from None
-    if not data.strip():
-        raise InputFileError(path, "", "the file is empty; expected a PETS2 .cif_pets file")
-    bad = re.search(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]", data)
-    if bad is None:
-        try:
-            text = data.decode("utf-8").removeprefix("\ufeff")
-            return text.replace("\r\n", "\n").replace("\r", "\n")  # mixed line endings
-        except UnicodeDecodeError as exc:
-            offset, problem = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
-    else:
-        offset, problem = bad.start(), f"control byte 0x{data[bad.start()]:02x}"
-    line = data.count(b"\n", 0, offset) + 1
-    raise InputFileError(
-        path, f"line {line}", f"{problem}; expected a text CIF file (ASCII or UTF-8)"
-    )
 
 
 def _pick_block(path: Path, doc: gemmi.cif.Document) -> tuple[gemmi.cif.Block, list[str]]:
@@ -380,7 +358,7 @@ def _read_settings(src: _Source) -> tuple[dict[str, str], dict]:
 def read_pets(path: str | PathLike[str]) -> Dataset:
     """Read a PETS2 ``.cif_pets`` file into a :class:`Dataset` (see the module docstring)."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path, "a PETS2 .cif_pets file")
     doc, lenient = parse_cif(path, text, used=_USED_TAGS)
     block, notes = _pick_block(path, doc)
     src = _Source(path, block, text.split("\n"))
