@@ -130,6 +130,7 @@ def simulate_pattern(
 
     u = model.potential(batch.differences, atoms)
     a, a_abs = structure_matrices(batch, u, s_g, k, u0, absorption, factor)
+    del batch, u  # the pair index (beam², int64) is not needed by the eigensolver
     c = math.pi / kn
     intensities = bloch_intensities(a, thickness_t, c, absorptive=a_abs, solver=solver)[0]
     return Pattern(
@@ -148,5 +149,5 @@ def simulate_pattern(
 def _direction(crystal: Crystal, uvw, what: str) -> np.ndarray:
     try:
         return zone_axis_direction(crystal.cell, uvw)
-    except ValueError as exc:
+    except ConfigurationError as exc:
         raise ConfigurationError(f"{what}: {exc}") from None

@@ -122,13 +122,26 @@ def structure_matrix(
     mask = batch.mask
     pair = mask[:, :, None] & mask[:, None, :]
     eye = torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
-    a = torch.where(pair & ~eye, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    # without gradients the matrix is built in place: one (orient, beam, beam) array
+    # instead of four (large single patterns), the same numbers
+    inputs = (potential, excitation, k, factor, diagonal)
+    in_place = not torch.is_grad_enabled() or not any(
+        isinstance(x, Tensor) and x.requires_grad for x in inputs
+    )
+    if in_place:
+        a.masked_fill_(~pair | eye, 0)
+    else:
+        a = torch.where(pair & ~eye, a, torch.zeros((), dtype=a.dtype, device=a.device))
     if factor is not None:
         scale = torch.where(mask, factor, torch.ones_like(factor)).rsqrt()
-        a = a * (scale[:, :, None] * scale[:, None, :]).to(a.dtype)
+        outer = (scale[:, :, None] * scale[:, None, :]).to(a.dtype)
+        a = a.mul_(outer) if in_place else a * outer
         diag = diag * scale**2
     padding = _padding_values(diag, mask) if diagonal is None else torch.zeros_like(diag)
     diag = torch.where(mask, diag, padding)
+    if in_place:
+        a.diagonal(dim1=-2, dim2=-1).copy_(diag)
+        return a
     return a + torch.diag_embed(diag.to(a.dtype))
 
 
