@@ -88,6 +88,12 @@ def _assert_rounded_su(read: float | None, original: float, where: str) -> None:
         (1.1613, 0.001, "1.1613(10)"),
         (1234.5, 25.0, "1230(30)"),
         (-1e-7, 1e-5, "0.000000(10)"),
+        (0.99999, 0.00999, "1.000(10)"),  # the s.u. rounds up into the next decade
+        (-0.2, 0.0999, "-0.20(10)"),
+        (2.0, 1.0, "2.0(10)"),
+        (-0.00004, 0.0003, "0.0000(3)"),  # no negative zero
+        (12345.6, 23.0, "12350(20)"),
+        (143.4248, 0.0651, "143.42(7)"),
     ],
 )
 def test_format_su_rounds_the_su_to_one_digit_or_two_when_it_starts_with_one(value, su, expected):

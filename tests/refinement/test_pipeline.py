@@ -66,7 +66,14 @@ def test_each_settings_is_planned_once_and_the_cell_warning_is_shown_once(
     assert any(line.startswith("absolute structure") for line in lines) and checks
     assert len(builds) == 1 + len(checks)
     assert len(set(builds)) == len(builds)  # no settings planned twice
-    timings = json.loads((tmp_path / "report.json").read_text())["timings"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    scans = report["thickness_scan"]  # both hands, the curve the hand check compared
+    assert [scan["hand"] for scan in scans] == ["given", "inverted"]
+    for scan in scans:
+        assert len(scan["thickness"]) == len(scan["r1_obs"]) == 19
+        assert scan["best"] == scan["thickness"][scan["r1_obs"].index(min(scan["r1_obs"]))]
+    assert "Thickness scan" in (tmp_path / "report.html").read_text()
+    timings = report["timings"]
     names = [stage["name"] for stage in timings["stages"]]
     assert names == [
         "prepare", "hand", "settings", "build", "epochs", "epochs: forward",

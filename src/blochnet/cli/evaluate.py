@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from blochnet.experiment.config import SimulationConfig
+from blochnet.io import strict_json
 
 _DEFAULT = SimulationConfig()
 
@@ -24,16 +24,27 @@ each thickness. Which observations are compared is one rule (printed with the re
 |g| ≤ --score-g-max and RSg = |s_g|/(|g|·Δ) ≤ --rsg-max; every excluded row is counted
 with its reason. "pooled" R values sum over all frames; "frame mean" values average the
 per-frame R.
+
+Given a refinement's output folder instead (blochnet evaluate DIR), its saved end state
+(state.json: the structure at full precision, every frame's thickness distribution,
+orientation correction and scale) is simulated again and the R values printed beside the
+ones the refinement reported; the data files are those the refinement read, or DATA.
 """
 
 
 def evaluate(
     structure: Annotated[
-        Path, typer.Argument(metavar="STRUCTURE", help="structure CIF", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="STRUCTURE",
+            help="structure CIF, or a refinement's output folder",
+            show_default=False,
+        ),
     ],
     data: Annotated[
-        Path, typer.Argument(metavar="DATA", help="3D-ED data (.cif_pets)", show_default=False)
-    ],
+        Path | None,
+        typer.Argument(metavar="DATA", help="3D-ED data (.cif_pets)", show_default=False),
+    ] = None,
     thickness: Annotated[float | None, typer.Option(help="one thickness [Å]")] = None,
     thickness_scan: Annotated[
         tuple[float, float, int] | None,
@@ -71,6 +82,12 @@ def evaluate(
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
 
+    if structure.is_dir():  # a finished refinement: its saved end state
+        from blochnet.cli.evaluate_state import evaluate_directory
+
+        return evaluate_directory(structure, data, as_json=as_json, device=device, threads=threads)
+    if data is None:
+        raise typer.BadParameter("give the data file (.cif_pets) after the structure")
     if (thickness is None) == (thickness_scan is None):
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
     prepare_compute(device, threads)
@@ -102,7 +119,7 @@ def evaluate(
             simulator, prepared.observations, grid, progress=lambda n: bar.advance(task, n)
         )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=1))
+        typer.echo(strict_json.dumps(result.to_dict(), indent=1))
         return
     _print(result, dataset, Console())
 

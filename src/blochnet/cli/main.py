@@ -34,7 +34,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # a setting that fails its configuration model's validation is the user's, too
 _USER_ERRORS = (BlochnetError, FileNotFoundError, ValidationError)
 # modules of blochnet.cli, each with register(app)
-_COMMAND_MODULES = ("pattern", "info", "evaluate", "simulate", "refine", "plot")
+_COMMAND_MODULES = (
+    "pattern", "info", "evaluate", "simulate", "refine", "plot", "report", "hydrogens",
+)  # fmt: skip
 
 
 class _BlochnetGroup(TyperGroup):

@@ -7,7 +7,6 @@ argument parsing and formatting. torch is imported only when the command runs.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from blochnet.errors import ConfigurationError
+from blochnet.io import strict_json
 
 if TYPE_CHECKING:
     from blochnet.experiment.pattern import Pattern
@@ -285,8 +285,8 @@ def _write_json(listing: _Listing) -> None:
         for i in listing.order
     ]
     # one metadata field and one beam per line: valid JSON that is also readable
-    fields = [f'  "{key}": {json.dumps(value)},' for key, value in listing.metadata.items()]
-    rows = ",\n    ".join(json.dumps(beam) for beam in beams)
+    fields = [f'  "{key}": {strict_json.dumps(value)},' for key, value in listing.metadata.items()]
+    rows = ",\n    ".join(strict_json.dumps(beam) for beam in beams)
     sys.stdout.write("{\n" + "\n".join(fields) + f'\n  "beams": [\n    {rows}\n  ]\n}}\n')
 
 

@@ -139,7 +139,15 @@ def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resu
         + f"{timings.summary()}\n"
         + (f"partial charges (e): {charges}\n" if charges else "")
         + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
-        + f"wrote {out}/report.json, {out}/refined.cif, {out}/observations.csv, "
+        + (
+            f"merged (Laue class): R_int {100 * merged['r_int']:.2f} %, R1(obs) "
+            f"{100 * merged['r1_obs']:.2f} % over {merged['n_unique']} unique\n"
+            if (merged := r.get("merged") or {}).get("r_int") is not None
+            else ""
+        )
+        + f"open {out}/report.html; wrote {out}/report.json, {out}/refined.cif, "
+        f"{out}/reflections.csv, {out}/reflections.fcf, {out}/merged.csv, "
+        f"{out}/difference_map.ccp4, {out}/state.json, {out}/observations.csv, "
         f"{out}/thickness.csv"
         + (f", {out}/{r['figure']}" if r["figure"] else "")
         + (

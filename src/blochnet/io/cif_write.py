@@ -24,7 +24,7 @@ from blochnet.io.atomic import write_text_atomically
 from blochnet.io.cif import CHARGE_TAG
 from blochnet.sitesym import SiteConstraint, site_constraints
 
-__all__ = ["format_su", "write_structure"]
+__all__ = ["format_su", "loop_lines", "program_version", "write_structure"]
 
 _EXTRA_DECIMALS = 3  # a plain value gets up to this many more decimals to stay exact
 _SITE_COLUMNS = tuple(
@@ -83,6 +83,9 @@ def write_structure(
     *,
     block_name: str | None = None,
     refinement: dict | None = None,
+    items: dict[str, str] | None = None,
+    loops: list[dict[str, list[str]]] | None = None,
+    comments: list[str] | None = None,
 ) -> Path:
     """Write ``crystal`` to a CIF file, atomically.
 
@@ -99,6 +102,11 @@ def write_structure(
         ``n_obs``, ``max_shift_su``, ``wavelength`` [Å], ``details`` (free text for
         ``_refine_special_details``: reflection selection, thickness model, ...) and
         ``abs_structure_details`` (free text for ``_refine_ls_abs_structure_details``).
+    items : further CIF items, tag -> value as text (numbers already formatted, e.g. with
+        :func:`format_su`); text with spaces is quoted, text over lines becomes a
+        semicolon-delimited field. Written after the refinement statistics.
+    loops : further loops, each a dict tag -> column of values as text (equal lengths).
+    comments : lines written as CIF comments after the opening lines (``#`` added).
 
     Returns
     -------
@@ -111,12 +119,17 @@ def write_structure(
         raise ValueError(f"unknown refinement keys {sorted(unknown)}; expected some of {known}")
     name = block_name or crystal.block or path.stem
     lines = [f"data_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:70] or 'blochnet'}", ""]
-    lines += [f"_audit_creation_method {cif.quote(f'blochnet {_version()}')}", ""]
+    lines += [f"_audit_creation_method {cif.quote(f'blochnet {program_version()}')}", ""]
+    lines += [f"# {line}".rstrip() for line in comments or []]
     lines += _cell_lines(crystal.cell)
     lines += _symmetry_lines(crystal)
     if refinement is not None:
         lines += _refinement_lines(refinement)
+    if items:
+        lines += [*(_item_line(tag, value) for tag, value in items.items()), ""]
     lines += _atom_lines(crystal, site_constraints(crystal))
+    for loop in loops or []:
+        lines += ["", *loop_lines(loop)]
     write_text_atomically(path, "\n".join(lines) + "\n")
     return path
 
@@ -171,6 +184,33 @@ def _refinement_lines(refinement: dict) -> list[str]:
             text = re.sub(r"^;", " ;", details.rstrip("\n"), flags=re.MULTILINE)  # not a delimiter
             lines += [tag, ";", text, ";"]
     return [*lines, ""]
+
+
+def _item_line(tag: str, value: str) -> str:
+    value = str(value)
+    if "\n" in value:
+        text = re.sub(r"^;", " ;", value.rstrip("\n"), flags=re.MULTILINE)
+        return f"{tag}\n;\n{text}\n;"
+    return f"{tag} {_value(value)}"
+
+
+def _value(text: str) -> str:
+    """A CIF value: bare where CIF allows it (``.`` and ``?`` stay the inapplicable and
+    unknown markers, ``3_665`` stays a symmetry code), quoted otherwise."""
+    reserved = ("data_", "loop_", "save_", "global_", "stop_")
+    if text in (".", "?") or (
+        re.fullmatch(r"[^\s'\"_#$\[\];][^\s'\"]*", text) and not text.lower().startswith(reserved)
+    ):
+        return text
+    return cif.quote(text)
+
+
+def loop_lines(loop: dict[str, list[str]]) -> list[str]:
+    lengths = {len(column) for column in loop.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"loop columns of unequal length: {sorted(lengths)} ({list(loop)})")
+    rows = zip(*loop.values(), strict=True)
+    return ["loop_", *loop, *(" ".join(_value(str(v)) for v in row) for row in rows)]
 
 
 def _atom_lines(crystal: Crystal, constraints: list[SiteConstraint]) -> list[str]:
@@ -237,7 +277,8 @@ def _snap(value: float) -> float:
     return float(fraction) if abs(float(fraction) - value) < 1e-3 else float(value)
 
 
-def _version() -> str:
+def program_version() -> str:
+    """The installed blochnet version ("unknown" when not installed)."""
     try:
         return metadata.version("blochnet")
     except metadata.PackageNotFoundError:

@@ -39,11 +39,13 @@ class AbsoluteStructure:
     space_group: str = ""
     scan_r_obs: dict[str, float] | None = None
     scan_thickness: list[float] | None = None
+    scans: list[dict] | None = None  # the scans' curves (ThicknessScan records), both hands
     note: str = ""
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("scan_thickness")
+        out.pop("scans")
         return out
 
     @classmethod
@@ -75,16 +77,20 @@ def choose_absolute_structure(
         record = AbsoluteStructure(mode, mode == "inverted", chosen.spacegroup, note="configured")
         return chosen, record
     inverse = crystal.inverted()
-    scores, thicknesses = {}, {}
+    scores, thicknesses, curves = {}, {}, []
     for hand, structure in (("given", crystal), ("inverted", inverse)):
         scans = [scan_thickness(d.simulator(structure), d.observations) for d in data]
-        n_obs = sum(merit.n_obs for _, merit in scans)
-        scores[hand] = sum(merit.r1_obs * merit.n_obs for _, merit in scans) / max(n_obs, 1)
-        thicknesses[hand] = [t for t, _ in scans]
+        n_obs = sum(scan.merit.n_obs for scan in scans)
+        scores[hand] = sum(scan.merit.r1_obs * scan.merit.n_obs for scan in scans) / max(n_obs, 1)
+        thicknesses[hand] = [scan.best for scan in scans]
+        curves += [
+            scan.record(d.dataset.source or "data set", hand)
+            for d, scan in zip(data, scans, strict=True)
+        ]
     hand = "inverted" if scores["inverted"] < scores["given"] else "given"
     chosen = inverse if hand == "inverted" else crystal
     record = AbsoluteStructure(
-        mode, hand == "inverted", chosen.spacegroup, scores, thicknesses[hand]
+        mode, hand == "inverted", chosen.spacegroup, scores, thicknesses[hand], scans=curves
     )
     return chosen, record
 

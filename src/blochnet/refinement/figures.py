@@ -77,6 +77,14 @@ def matplotlib_available() -> bool:
 def plot_directory(out: str | Path) -> Path:
     """Draw ``refinement.png`` in ``out`` from its ``report.json``, ``observations.csv``
     and ``thickness.csv``; return its path."""
+    report, observations, thickness = read_refinement_folder(out)
+    figure = draw_refinement(report, observations, thickness)
+    return write_bytes_atomically(Path(out) / FIGURE, figure)
+
+
+def read_refinement_folder(out: str | Path) -> tuple[dict, dict, dict]:
+    """``report.json``, ``observations.csv`` and ``thickness.csv`` of a refinement folder,
+    each refused with its file and place when damaged."""
     out = Path(out)
     files = {name: out / name for name in ("report.json", "observations.csv", "thickness.csv")}
     missing = [name for name, path in files.items() if not path.is_file()]
@@ -90,7 +98,7 @@ def plot_directory(out: str | Path) -> Path:
         ) from None
     observations = _read_csv(files["observations.csv"], {"i_obs", "i_calc", "sigma", "observed"})
     thickness = _read_csv(files["thickness.csv"], set(THICKNESS_COLUMNS))
-    return write_bytes_atomically(out / FIGURE, draw_refinement(report, observations, thickness))
+    return report, observations, thickness
 
 
 def _read_csv(path: Path, needed: set[str]) -> dict[str, np.ndarray]:
@@ -238,10 +246,16 @@ def _observation_panel(ax, table) -> None:
         i_calc, i_obs = np.maximum(i_calc, lo), np.maximum(i_obs, lo)
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
         ax.set(xlim=(lo / 1.5, hi * 1.5), ylim=(lo / 1.5, hi * 1.5))
-    for mask, colour, label, size in (
-        (shown & ~observed, "0.65", "Io ≤ 3σ", 3),
-        (shown & observed, "tab:blue", "Io > 3σ", 4),
-    ):
+    names = list(dict.fromkeys(table["dataset"])) if "dataset" in table else []
+    groups = [(shown & ~observed, "0.65", "Io ≤ 3σ", 3)]
+    if len(names) > 1:  # one colour per data set
+        groups += [
+            (shown & observed & (table["dataset"] == name), f"C{n}", f"{Path(name).name}", 4)
+            for n, name in enumerate(names)
+        ]
+    else:
+        groups.append((shown & observed, "tab:blue", "Io > 3σ", 4))
+    for mask, colour, label, size in groups:
         ax.scatter(i_calc[mask], i_obs[mask], s=size, color=colour, alpha=0.5, lw=0,
                    label=f"{label} ({int(mask.sum())})", rasterized=True)  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="scaled Ic", ylabel="Io")

@@ -25,6 +25,7 @@ from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.prepared import PreparedData, prepare
+from blochnet.io import strict_json
 from blochnet.io.atomic import write_text_atomically
 from blochnet.io.output_folder import check_output_folder
 from blochnet.refinement.absolute import (
@@ -61,6 +62,7 @@ class _Start:
     config: RefineConfig
     data: list[PreparedData]
     starts: list[float] | None
+    scans: list[dict]  # thickness scans made to choose them (ThicknessScan records)
 
 
 def refine(
@@ -127,6 +129,7 @@ def refine(
         written = write_report(
             model, refined, history, start.config, out,
             wall_time=time.perf_counter() - timings.started, su=su, absolute_structure=absolute,
+            thickness_scan=start.scans,
         )  # fmt: skip
     written = _record_timings(out / "report.json", written, timings)
     return RefinementResult(refined, written, history, out)
@@ -137,7 +140,7 @@ def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: T
     with timings.stage("hand"):
         crystal, hand = choose_absolute_structure(data[0].crystal, data, config.absolute_structure)
     _say(say, hand.describe())
-    starts = None
+    starts, scans = None, list(hand.scans or [])
     if config.auto_setup:
         with timings.stage("settings"):
             setup = choose_settings(
@@ -149,9 +152,9 @@ def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: T
             )
         for line in setup.lines:
             _say(say, line)
-        data, starts = setup.data, setup.t0
+        data, starts, scans = setup.data, setup.t0, scans + setup.scans
         config = config.model_copy(update={"simulation": setup.simulation})
-    return _Start(crystal, hand, config, data, starts)
+    return _Start(crystal, hand, config, data, starts, scans)
 
 
 def _saved_start(out: Path) -> dict | None:
@@ -164,6 +167,7 @@ def _saved_start(out: Path) -> dict | None:
     return {
         "simulation": SimulationConfig.model_validate(saved["simulation"]),
         "starts": saved.get("starting_thickness"),
+        "scans": saved.get("thickness_scan") or [],
         "hand": AbsoluteStructure.from_dict(
             saved.get("absolute_structure", {"mode": "given", "inverted": False})
         ),
@@ -175,15 +179,16 @@ def _resumed(data: list[PreparedData], config: RefineConfig, saved: dict) -> _St
     hand = saved["hand"]
     crystal = data[0].crystal.inverted() if hand.inverted else data[0].crystal
     config = config.model_copy(update={"simulation": saved["simulation"]})
-    return _Start(crystal, hand, config, data, saved["starts"])
+    return _Start(crystal, hand, config, data, saved["starts"], saved["scans"])
 
 
 def _write_start(path: Path, start: _Start) -> None:
     record = json.loads(start.config.model_dump_json()) | {
         "starting_thickness": start.starts,
         "absolute_structure": start.hand.to_dict(),
+        "thickness_scan": start.scans,
     }
-    write_text_atomically(path, json.dumps(record, indent=1) + "\n")
+    write_text_atomically(path, strict_json.dumps(record, indent=1) + "\n")
 
 
 def _optimise(
@@ -232,7 +237,7 @@ def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
         "timings": timings.to_dict(),
         "wall_time_s": timings.to_dict()["wall_time_s"],
     }
-    write_text_atomically(path, json.dumps(report, indent=1) + "\n")
+    write_text_atomically(path, strict_json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from blochnet.crystal import UIJ_NAMES, Crystal
+from blochnet.io import strict_json
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
-from blochnet.io.cif_write import write_structure
+from blochnet.io.cif_write import program_version
 from blochnet.lattice import uij_to_cartesian
+from blochnet.refinement.end_state import save_end_state
 from blochnet.refinement.figures import (
     FIGURE,
     dataset_name,
@@ -26,7 +28,9 @@ from blochnet.refinement.figures import (
     thickness_table,
     write_thickness_csv,
 )
+from blochnet.refinement.html_report import write_html_report
 from blochnet.refinement.objective import joint_figures_of_merit
+from blochnet.refinement.results import write_results
 
 
 def refined_crystal(structure, su: dict | None = None) -> Crystal:
@@ -67,6 +71,7 @@ def write_report(
     wall_time: float,
     su: dict | None = None,
     absolute_structure: dict | None = None,
+    thickness_scan: list[dict] | None = None,
 ) -> dict:
     """Write ``report.json``, ``refined.cif``, ``observations.csv`` (every compared
     observation with its calculated intensity, as SHELXL's .fcf), ``thickness.csv`` (every
@@ -142,24 +147,33 @@ def write_report(
         "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
         "conditional on the refined thickness model and orientations",
         "wall_time_s": wall_time,
+        "thickness_scan": thickness_scan or [],
         "figure": FIGURE if config.plot and matplotlib_available() else None,
         "config": json.loads(config.model_dump_json()),
     }
-    report = json.loads(json.dumps(report, default=_finite))
-    thickness = thickness_table(model.objectives)
-    write_thickness_csv(thickness, out / "thickness.csv")
-    write_text_atomically(out / "observations.csv", _csv(table))
-    if report["figure"]:
-        write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
-    write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
-    write_structure(crystal, out / "refined.cif", refinement={
+    refinement = {
         "r_obs": merit.r1_obs, "r_all": merit.r1_all, "wr2": merit.wr2, "gof": merit.gof,
         "n_reflections": merit.n_all, "n_parameters": n_parameters, "n_obs": merit.n_obs,
         "wavelength": first.simulator.dataset.wavelength,
         "details": f"blochnet dynamical refinement; {first.simulator.selection.rule}; "
                    f"thickness model {config.thickness.kind}",
         "abs_structure_details": _absolute_text(absolute_structure, merit),
-    })  # fmt: skip
+    }  # fmt: skip
+    names = [dataset_name(o) for o in model.objectives]
+    report |= write_results(
+        model, crystal, out, names=names, config=config, su=su, refinement=refinement,
+        version=program_version(),
+    )  # fmt: skip
+    report = strict_json.strict(report)
+    r_values = {k: report[k] for k in ("r_obs", "r_all", "wr2", "gof", "r_obs_frame_mean")}
+    save_end_state(model, crystal, out, r_values=r_values, n_parameters=n_parameters)
+    thickness = thickness_table(model.objectives)
+    write_thickness_csv(thickness, out / "thickness.csv")
+    write_text_atomically(out / "observations.csv", _csv(table))
+    if report["figure"]:
+        write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
+    write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
+    write_html_report(out)
     return report
 
 

@@ -46,10 +46,27 @@ SAMPLING_CHECKS = 3  # successive checks of the rocking sampling (one of the bea
 
 
 @dataclasses.dataclass
+class ThicknessScan:
+    """A scan of one thickness for every frame: the best thickness [Å], its figures of
+    merit, and the curve (R1(obs) and wR2 at every scanned thickness) for the outputs."""
+
+    best: float
+    merit: FiguresOfMerit
+    thickness: list[float]
+    r1_obs: list[float]
+    wr2: list[float]
+
+    def record(self, dataset: str, hand: str) -> dict:
+        return {"dataset": dataset, "hand": hand, "best": self.best,
+                "thickness": self.thickness, "r1_obs": self.r1_obs, "wr2": self.wr2}  # fmt: skip
+
+
+@dataclasses.dataclass
 class Setup:
     data: list[PreparedData]  # the data sets at the chosen settings
     t0: list[float]  # starting thickness per data set [Å]
     lines: list[str]  # what was chosen and why, for the user
+    scans: list[dict] = dataclasses.field(default_factory=list)  # ThicknessScan records
 
     @property
     def simulation(self) -> SimulationConfig:
@@ -73,19 +90,22 @@ def choose_settings(
     once and kept with the data.
     """
     lines: list[str] = []
+    scans: list[dict] = []
 
     def start(n: int, prepared: PreparedData) -> float:
         if t0 is not None:
             return t0
         if scanned is not None:
             return scanned[n]
-        thickness, merit = scan_thickness(prepared.simulator(crystal), prepared.observations)
+        scan = scan_thickness(prepared.simulator(crystal), prepared.observations)
+        name = prepared.dataset.source or "data set"
+        scans.append(scan.record(name, "refined"))
         lines.append(
-            f"starting thickness {thickness:.0f} Å: lowest R1(obs) "
-            f"({100 * merit.r1_obs:.2f} % over {merit.n_obs} obs) of a scan "
-            f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({prepared.dataset.source or 'data set'})"
+            f"starting thickness {scan.best:.0f} Å: lowest R1(obs) "
+            f"({100 * scan.merit.r1_obs:.2f} % over {scan.merit.n_obs} obs) of a scan "
+            f"{SCAN[0]:.0f}–{SCAN[-1]:.0f} Å ({name})"
         )
-        return thickness
+        return scan.best
 
     first = data[0]
     simulation = first.settings
@@ -107,16 +127,20 @@ def choose_settings(
     if scanned is not None and t0 is None:
         lines.insert(0, "starting thickness " + ", ".join(f"{t:.0f} Å" for t in starts)
                      + f": lowest R1(obs) of a scan {SCAN[0]:.0f}–{SCAN[-1]:.0f} Å")  # fmt: skip
-    return Setup(data, starts, lines)
+    return Setup(data, starts, lines, scans)
 
 
-def scan_thickness(
-    simulator: FrameSimulator, observations: Observations
-) -> tuple[float, FiguresOfMerit]:
-    """(best thickness [Å], its figures of merit) of a scan of one thickness for every
-    frame over ``SCAN``, with the simulator's structure and the orientations as given."""
+def scan_thickness(simulator: FrameSimulator, observations: Observations) -> ThicknessScan:
+    """A scan of one thickness for every frame over ``SCAN``, with the simulator's
+    structure and the orientations as given."""
     result = score_thicknesses(simulator, observations, SCAN)
-    return float(result.best_thickness), result.best_merit
+    return ThicknessScan(
+        float(result.best_thickness),
+        result.best_merit,
+        [float(t) for t in result.thickness],
+        [m.r1_obs for m in result.merit],
+        [m.wr2 for m in result.merit],
+    )
 
 
 def _refinements(simulation: SimulationConfig, prepared: PreparedData, fixed: set[str]):

@@ -55,7 +55,10 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
     Returns ``{"free": (P,) s.u. of the refined free parameters (order of
     ``model.structure.names``), "xyz": (atom, 3), "uij": (atom, 6), "ueq": (atom,),
     "occupancy": (atom,), "charge": (atom,), "absorption": s.u. of κ or None}`` (zeros
-    where a value is not refined), plus "gof".
+    where a value is not refined), plus "gof", "xyz_covariance" ((3·atom, 3·atom) covariance
+    of the fractional coordinates x1 y1 z1 x2 ..., through the site-symmetry maps; what
+    bond lengths and angles need) and "shift_over_su" ((P,) |Δp|/σ(p) of the Gauss–Newton
+    step the refined state would still take: the convergence test of least squares).
     """
     structure = model.structure
     params = list(structure.shifts())
@@ -79,7 +82,13 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
         ]
     )
     full[index[:, None], index[None, :]] = cov_active
-    return _propagate(structure, full, sizes) | {"gof": gof2**0.5}
+    step = (cov_active / gof2 if gof2 > 0 else cov_active) @ (jac.T @ r)
+    su_active = torch.diagonal(cov_active).clamp(min=0).sqrt()
+    ratio = torch.where(su_active > 0, step.abs() / su_active, torch.zeros_like(step))
+    return _propagate(structure, full, sizes) | {
+        "gof": gof2**0.5,
+        "shift_over_su": ratio.detach().cpu().numpy(),
+    }
 
 
 def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
@@ -96,7 +105,8 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
     jx = model.xyz_map @ sel_x  # (3 atom, nx)
     ja = model.adp_map @ sel_a  # (6 atom, na)
     cxx, caa = cov[:nx, :nx], cov[nx : nx + na, nx : nx + na]
-    xyz_var = torch.einsum("ik,kl,il->i", jx, cxx, jx).clamp(min=0)
+    xyz_cov = jx @ cxx @ jx.T
+    xyz_var = torch.diagonal(xyz_cov).clamp(min=0)
     uij_var = torch.einsum("ik,kl,il->i", ja, caa, ja).clamp(min=0)
     # Ueq = tr(U_cart)/3 is linear in uij
     eye6 = torch.eye(6, dtype=cov.dtype, device=cov.device)
@@ -114,6 +124,7 @@ def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
     to_np = lambda v: v.sqrt().detach().cpu().numpy()  # noqa: E731
     return {
         "free": to_np(free_var),
+        "xyz_covariance": xyz_cov.detach().cpu().numpy(),
         "xyz": to_np(xyz_var).reshape(n_atom, 3),
         "uij": to_np(uij_var).reshape(n_atom, 6),
         "ueq": to_np(ueq_var),
