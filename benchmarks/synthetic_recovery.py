@@ -1,6 +1,6 @@
 """Synthetic recovery: refine displaced structures against simulated data with a known truth.
 
-For each structure (α-quartz, CsPbBr3, paracetamol from ``shared/data/structures``) a
+For each structure (α-quartz, CsPbBr3, paracetamol from ``tests/data/structures``) a
 continuous-rotation data set is simulated with
 :func:`blochnet.experiment.synthetic.simulate_experiment` (what ``blochnet simulate``
 calls): 1° frames over a 30° rotation, every frame recording its own rows (``frame``
@@ -103,7 +103,6 @@ import argparse
 import copy
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -114,6 +113,7 @@ from torch import nn
 
 from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
+from blochnet.examples import example_path
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.evaluate import score_thicknesses
 from blochnet.experiment.merit import figures_of_merit, optimal_scales
@@ -198,14 +198,14 @@ QUICK = {
 
 
 def structure_path(name: str) -> Path:
-    """``<name>.cif`` in ``$BLOCHNET_DATA/structures`` or ``shared/data/structures`` beside
-    the checkout."""
-    roots = [Path(os.environ["BLOCHNET_DATA"])] if os.environ.get("BLOCHNET_DATA") else []
-    roots += [parent / "shared" / "data" for parent in Path(__file__).resolve().parents]
-    for root in roots:
-        if (root / "structures" / f"{name}.cif").is_file():
-            return root / "structures" / f"{name}.cif"
-    raise FileNotFoundError(f"{name}.cif not found: set BLOCHNET_DATA to the shared data folder")
+    """``<name>.cif``: the package's quartz example, or ``tests/data/structures`` of this
+    repository (sources and licences in its README)."""
+    if name == "quartz":
+        return example_path("quartz")
+    path = Path(__file__).resolve().parents[1] / "tests" / "data" / "structures" / f"{name}.cif"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from a checkout of the repository")
+    return path
 
 
 def true_structure(path: str | Path) -> Crystal:

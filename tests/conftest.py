@@ -1,27 +1,41 @@
-"""Shared test fixtures: where the project's shared real data lives."""
+"""Shared test fixtures: the real data the tests read, all inside the repository.
+
+α-quartz (structure and data) ships with the package (``blochnet.examples``); the other
+structures and the glycine data set are in ``tests/data`` (see its README for sources and
+licences). No test reads outside the checkout.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from blochnet.examples import example_dataset_path, example_path
 
-_HERE = Path(__file__).resolve()
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+#: Every real structure by short name.
+STRUCTURES = {
+    "quartz": example_path("quartz"),
+    "cspbbr3": TEST_DATA / "structures" / "cspbbr3.cif",
+    "paracetamol": TEST_DATA / "structures" / "paracetamol.cif",
+    "fer_framework": TEST_DATA / "structures" / "fer_framework.cif",
+    "heu_framework": TEST_DATA / "structures" / "heu_framework.cif",
+    "glycine": TEST_DATA / "experiments" / "glycine" / "glycine.cif",
+}
+
+#: Every real 3D-ED data set (``.cif_pets``) by short name; its starting structure is
+#: ``STRUCTURES[name]``.
+DATASETS = {
+    "quartz": example_dataset_path("quartz"),
+    "glycine": TEST_DATA / "experiments" / "glycine" / "glycine.cif_pets",
+}
 
 
-def shared_data_dir() -> Path:
-    """The shared data folder: $BLOCHNET_DATA, or ``shared/data`` beside the checkout."""
-    candidates = [Path(os.environ["BLOCHNET_DATA"])] if os.environ.get("BLOCHNET_DATA") else []
-    candidates += [parent / "shared" / "data" for parent in _HERE.parents]
-    for candidate in candidates:
-        if (candidate / "experiments").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        "shared data not found: set BLOCHNET_DATA or place shared/data beside the checkout"
-    )
+def structure_path(name: str) -> Path:
+    """A real structure file by short name (``"quartz"``, ``"cspbbr3"``, ...)."""
+    return STRUCTURES[name]
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    return shared_data_dir()
+def dataset_path(name: str) -> Path:
+    """A real ``.cif_pets`` file by short name (``"quartz"``, ``"glycine"``)."""
+    return DATASETS[name]

@@ -24,6 +24,19 @@ import numpy as np
 
 CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
 UIJ_NAMES = ("U11", "U22", "U33", "U12", "U13", "U23")
+CELL_LENGTH_RANGE = (1.0, 2000.0)  # [Å] physical cells, a metal's to a large protein's
+CELL_ANGLE_RANGE = (5.0, 175.0)  # [deg]
+
+
+def cell_range_problem(name: str, value: float) -> str:
+    """'' for a cell parameter in its physical range, else what was expected."""
+    length = name in ("a", "b", "c")
+    (low, high), unit = (CELL_LENGTH_RANGE, " Å") if length else (CELL_ANGLE_RANGE, "°")
+    if low <= value <= high:
+        return ""
+    return (
+        f"expected {'a length' if length else 'an angle'} of {low:g}–{high:g}{unit}, got {value:g}"
+    )
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from blochnet.crystal import Atom
 from blochnet.experiment.summary import dataset_summary, structure_summary
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
-from conftest import shared_data_dir
+from conftest import DATASETS as DATASET_PATHS
+from conftest import STRUCTURES as STRUCTURE_PATHS
+from conftest import dataset_path, structure_path
 
-DATA = shared_data_dir()
-DATASETS = sorted(DATA.glob("experiments/*/*.cif_pets"))
-STRUCTURES = sorted(DATA.glob("structures/*.cif")) + sorted(DATA.glob("experiments/*/*.cif"))
-QUARTZ_STRUCTURES = [p for p in STRUCTURES if p.name == "quartz.cif"]
+DATASETS = sorted(DATASET_PATHS.values())
+STRUCTURES = sorted(STRUCTURE_PATHS.values())
 DATASET_KEYS = set(
     "kind file block cell wavelength voltage_kv geometry semi_angle rotation_axis_position "
     "mosaicity dstarmax ub frames reflections oddities".split()
@@ -43,9 +43,10 @@ def info_json(path) -> dict:
     return json.loads(result.stdout)
 
 
-def test_shared_data_has_both_data_sets_and_the_structures():
+def test_the_test_data_has_both_data_sets_and_the_structures_inside_the_repository():
     assert {p.name for p in DATASETS} == {"quartz.cif_pets", "glycine.cif_pets"}
-    assert len(STRUCTURES) >= 5 and QUARTZ_STRUCTURES
+    assert len(STRUCTURES) >= 5
+    assert all(p.is_file() for p in [*DATASETS, *STRUCTURES])
 
 
 @pytest.mark.parametrize("path", DATASETS, ids=lambda p: p.name)
@@ -66,7 +67,7 @@ def test_data_set_summary_gives_the_frame_and_reflection_counts_of_the_reader(pa
 
 
 def test_glycine_lists_its_ten_empty_frames():
-    path = DATA / "experiments/glycine/glycine.cif_pets"
+    path = dataset_path("glycine")
     dataset = read_pets(path)
     empty = np.setdiff1d(dataset.frames.id, dataset.reflections.frame_id).tolist()
     assert len(empty) == 10
@@ -78,12 +79,12 @@ def test_glycine_lists_its_ten_empty_frames():
 
 @pytest.mark.parametrize("name", ["quartz", "glycine"])
 def test_data_sets_repeating_one_intensity_per_reflection_are_flagged(name):
-    codes = [o["code"] for o in info_json(DATA / f"experiments/{name}/{name}.cif_pets")["oddities"]]
+    codes = [o["code"] for o in info_json(dataset_path(name))["oddities"]]
     assert "whole_rocking_curves" in codes
 
 
 def test_quartz_data_set_says_which_settings_are_not_set():
-    result = run(DATA / "experiments/quartz/quartz.cif_pets")
+    result = run(dataset_path("quartz"))
     assert result.exit_code == 0, result.output
     assert re.search(r"^mosaicity\s+not set", result.stdout, re.M)
     assert re.search(r"^dstarmax\s+not set", result.stdout, re.M)
@@ -103,8 +104,8 @@ def test_every_shared_structure_lists_its_atoms(path):
     assert summary["spacegroup"]["operators"] == len(crystal.operators)
 
 
-@pytest.mark.parametrize("path", QUARTZ_STRUCTURES, ids=lambda p: p.parent.name)
-def test_quartz_silicon_sits_on_a_twofold_axis_with_one_free_coordinate(path):
+def test_quartz_silicon_sits_on_a_twofold_axis_with_one_free_coordinate():
+    path = structure_path("quartz")
     atoms = {a["label"]: a for a in info_json(path)["atoms"]}
     assert atoms["Si1"]["site_symmetry"] == "2"
     assert atoms["Si1"]["multiplicity"] == 3
@@ -115,7 +116,7 @@ def test_quartz_silicon_sits_on_a_twofold_axis_with_one_free_coordinate(path):
 
 
 def test_quartz_composition_is_three_sio2_per_cell():
-    summary = info_json(DATA / "structures/quartz.cif")
+    summary = info_json(structure_path("quartz"))
     assert summary["composition"]["per_cell"] == {"Si": 3.0, "O": 6.0}
     assert summary["composition"]["z"] == 3
     assert summary["spacegroup"]["number"] == 154
@@ -123,7 +124,7 @@ def test_quartz_composition_is_three_sio2_per_cell():
 
 
 def test_coordinates_are_printed_with_their_standard_uncertainties():
-    result = run(DATA / "structures/cspbbr3.cif")
+    result = run(structure_path("cspbbr3"))
     assert "0.51538(12)" in result.stdout
     assert "8.1189(4)" in result.stdout
 
@@ -151,7 +152,7 @@ def test_text_output_fits_in_100_columns(path):
 
 def test_a_data_file_is_recognised_by_its_tags_whatever_its_name(tmp_path):
     copy = tmp_path / "measured.cif"
-    shutil.copy(DATA / "experiments/quartz/quartz.cif_pets", copy)
+    shutil.copy(dataset_path("quartz"), copy)
     assert info_json(copy)["kind"] == "dataset"
 
 
@@ -175,7 +176,7 @@ def test_a_broken_or_missing_file_gives_exit_2_and_names_the_file(tmp_path, name
 
 
 def test_data_set_oddities_flag_sparse_frames_and_duplicated_rows():
-    dataset = read_pets(DATA / "experiments/quartz/quartz.cif_pets")
+    dataset = read_pets(dataset_path("quartz"))
     refl = dataset.reflections
     sparse_frame = dataset.frames.id[0]
     keep = np.flatnonzero(refl.frame_id != sparse_frame)
@@ -188,7 +189,7 @@ def test_data_set_oddities_flag_sparse_frames_and_duplicated_rows():
 
 
 def test_structure_oddities_flag_hydrogen_values_and_close_atoms():
-    crystal = read_structure(DATA / "structures/cspbbr3.cif")
+    crystal = read_structure(structure_path("cspbbr3"))
     br1 = crystal.atom("Br1")
     near = br1.xyz + np.array([0.05, 0.0, 0.0])  # 0.41 Å from Br1
     crystal.atoms.append(Atom("H9", "H", near, occupancy=1.5, uiso=0.3))

@@ -15,7 +15,7 @@ from blochnet.dataset import FrameTable, ReflectionTable
 from blochnet.examples import example_path
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import write_pets
-from conftest import shared_data_dir
+from conftest import dataset_path
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def test_the_same_seed_gives_identical_files(tmp_path):
 
 
 def test_like_copies_the_frames_and_rows_of_a_data_file(tmp_path):
-    measured = read_pets(shared_data_dir() / "experiments/quartz/quartz.cif_pets")
+    measured = read_pets(dataset_path("quartz"))
     keep = np.isin(measured.reflections.frame_id, measured.frames.id[:3])
     fields = dataclasses.fields
     frames = FrameTable(

@@ -27,14 +27,12 @@ from blochnet.experiment.selection import select_reflections
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
 from blochnet.lattice import direct_matrix
-from conftest import shared_data_dir
-
-EXPERIMENTS = shared_data_dir() / "experiments"
+from conftest import dataset_path, structure_path
 
 
 def _load(name):
-    dataset = read_pets(EXPERIMENTS / name / f"{name}.cif_pets")
-    crystal = read_structure(EXPERIMENTS / name / f"{name}.cif")
+    dataset = read_pets(dataset_path(name))
+    crystal = read_structure(structure_path(name))
     return structure_in_data_cell(crystal, dataset), dataset
 
 
@@ -170,8 +168,8 @@ def test_evaluate_command_prints_json_with_counts(tmp_path):
         app,
         [
             "evaluate",
-            str(EXPERIMENTS / "quartz" / "quartz.cif"),
-            str(EXPERIMENTS / "quartz" / "quartz.cif_pets"),
+            str(structure_path("quartz")),
+            str(dataset_path("quartz")),
             "--thickness",
             "600",
             "--n-tilts",

@@ -1,4 +1,4 @@
-"""Frame orientations: the PETS convention checked against the real shared files."""
+"""Frame orientations: the PETS convention checked against the real files."""
 
 from __future__ import annotations
 
@@ -22,15 +22,14 @@ from blochnet.experiment.geometry import (
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import write_pets
 from blochnet.lattice import reciprocal_matrix
-from conftest import shared_data_dir
+from conftest import dataset_path
 
-EXPERIMENTS = shared_data_dir() / "experiments"
 NAMES = ["quartz", "glycine"]
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def dataset(request) -> Dataset:
-    return read_pets(EXPERIMENTS / request.param / f"{request.param}.cif_pets")
+    return read_pets(dataset_path(request.param))
 
 
 def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:

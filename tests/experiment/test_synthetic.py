@@ -35,7 +35,7 @@ from blochnet.experiment.synthetic import (
 from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
 from blochnet.lattice import direct_matrix, reciprocal_matrix
-from conftest import shared_data_dir
+from conftest import dataset_path
 
 torch.set_num_threads(1)
 
@@ -183,7 +183,7 @@ def test_precession_geometry_is_written_and_read_back(quartz, tmp_path):
 
 
 def test_like_copies_the_frames_and_hkl_rows_of_the_shared_quartz_file(quartz):
-    measured = read_pets(shared_data_dir() / "experiments/quartz/quartz.cif_pets")
+    measured = read_pets(dataset_path("quartz"))
     ids = measured.frames.id[:4]
     keep = np.isin(measured.reflections.frame_id, ids)
     refl = measured.reflections

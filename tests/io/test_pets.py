@@ -1,7 +1,8 @@
-"""Reading and writing PETS2 .cif_pets files: the real shared files, round trips, bad files.
+"""Reading and writing PETS2 .cif_pets files: the real files, round trips, bad files.
 
 Bad files are built in ``tmp_path`` by editing the text of the real files
-(shared/data/experiments, see its README for sources and licences).
+(the package's quartz example and ``tests/data``, see their READMEs for sources and
+licences).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from blochnet.dataset import check_cell
 from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.io.pets import read_pets
 from blochnet.io.pets_write import write_pets
-from conftest import shared_data_dir
-
-EXPERIMENTS = shared_data_dir() / "experiments"
+from conftest import dataset_path
 
 
 def _path(name: str) -> Path:
-    return EXPERIMENTS / name / f"{name}.cif_pets"
+    return dataset_path(name)
 
 
 def _text(name: str) -> str:
@@ -241,9 +240,13 @@ def test_missing_scale_column_and_unknown_scales_mean_one(tmp_path):
 def test_truncated_files_name_the_line(tmp_path):
     text = _text("quartz")
     middle = text.index("\n", len(text) // 2) + 8  # inside a reflection row
-    _fails(_write(tmp_path, text[:middle], "a.cif"), "line 143", "Wrong number of values")
+    cut = text[:middle]
+    last = cut.count("\n") + 1
+    _fails(_write(tmp_path, cut, "a.cif"), f"line {last}: the file ends inside a row", "truncated")
     details = text.index("RC width")
-    _fails(_write(tmp_path, text[:details], "b.cif"), "line 24", "unterminated text field")
+    _fails(
+        _write(tmp_path, text[:details], "b.cif"), "line 21: a text field opened here", "truncated?"
+    )
     frames = text.index("\n  50 ") + 1  # a row boundary in the frame loop
     _fails(_write(tmp_path, text[:frames], "c.cif"), "no _refln_ loop", "_refln_intensity_sigma")
     ub = text.index("_diffrn_orient_matrix_UB_22")
@@ -265,7 +268,7 @@ def test_missing_or_renamed_required_tag_is_named(tmp_path, old, new, fragments)
 
 def test_removed_column_is_a_syntax_error_with_a_line(tmp_path):
     text = _text("quartz").replace("_refln_intensity_sigma\n", "")
-    _fails(_write(tmp_path, text), "line 143", "Wrong number of values")
+    _fails(_write(tmp_path, text), "line 143", "every row has 6 values", "names 5 tags")
 
 
 @pytest.mark.parametrize(

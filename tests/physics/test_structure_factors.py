@@ -10,6 +10,7 @@ from blochnet.io.cif import read_structure
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.crystal_model import CrystalModel
 from blochnet.physics.structure_factors import structure_factors
+from conftest import structure_path
 
 
 def _gemmi_structure_factors(path, model, hkl):
@@ -55,8 +56,8 @@ def _ours_with_gemmi_form_factors(model, hkl):
 
 
 @pytest.mark.parametrize("name", ["quartz", "cspbbr3", "paracetamol"])
-def test_structure_factors_match_gemmi(shared_data, name):
-    path = shared_data / "structures" / f"{name}.cif"
+def test_structure_factors_match_gemmi(name):
+    path = structure_path(name)
     model = CrystalModel(read_structure(path), voltage=200e3, table="peng")
     hkl = reciprocal_lattice_points(model.crystal.cell, 1.6)[1:]
     reference = _gemmi_structure_factors(path, model, hkl)
@@ -74,26 +75,24 @@ def test_structure_factors_match_gemmi(shared_data, name):
     assert np.abs(table - reference).max() < 1e-6 * np.abs(reference).max()
 
 
-def test_friedel_pairs_are_complex_conjugates(shared_data):
-    model = CrystalModel(read_structure(shared_data / "structures" / "quartz.cif"), voltage=200e3)
+def test_friedel_pairs_are_complex_conjugates():
+    model = CrystalModel(read_structure(structure_path("quartz")), voltage=200e3)
     hkl = torch.as_tensor(reciprocal_lattice_points(model.crystal.cell, 1.5))
     f_plus = model.structure_factors(hkl, model.atom_tensors())
     f_minus = model.structure_factors(-hkl, model.atom_tensors())
     assert torch.allclose(f_plus, f_minus.conj(), atol=1e-12)
 
 
-def test_centrosymmetric_crystal_has_real_structure_factors(shared_data):
-    model = CrystalModel(
-        read_structure(shared_data / "structures" / "paracetamol.cif"), voltage=200e3
-    )
+def test_centrosymmetric_crystal_has_real_structure_factors():
+    model = CrystalModel(read_structure(structure_path("paracetamol")), voltage=200e3)
     assert model.centrosymmetric_at_origin
     hkl = torch.as_tensor(reciprocal_lattice_points(model.crystal.cell, 1.0))
     f = model.structure_factors(hkl, model.atom_tensors())
     assert f.imag.abs().max() < 1e-10 * f.abs().max()
 
 
-def test_potential_coefficients_scale_with_the_lorentz_factor_over_pi_volume(shared_data):
-    crystal = read_structure(shared_data / "structures" / "quartz.cif")
+def test_potential_coefficients_scale_with_the_lorentz_factor_over_pi_volume():
+    crystal = read_structure(structure_path("quartz"))
     model = CrystalModel(crystal, voltage=200e3)
     hkl = torch.as_tensor([[1, 0, 0], [1, 0, 1]])
     ratio = model.potential(hkl, model.atom_tensors()) / model.structure_factors(

@@ -12,19 +12,13 @@ from blochnet.io.cif import read_structure
 from blochnet.lattice import direct_matrix, uij_to_cartesian
 from blochnet.physics.symmetry import UnitCellExpansion
 from blochnet.sitesym import constraint_matrices, site_constraints
-from conftest import shared_data_dir
+from conftest import structure_path
 
-DATA = shared_data_dir()
-SHARED = {
-    "quartz": "structures/quartz.cif",
-    "cspbbr3": "structures/cspbbr3.cif",
-    "paracetamol": "structures/paracetamol.cif",
-    "glycine": "experiments/glycine/glycine.cif",
-}
+SHARED = ("quartz", "cspbbr3", "paracetamol", "glycine")
 
 
 def _shared(name: str) -> Crystal:
-    return read_structure(DATA / SHARED[name])
+    return read_structure(structure_path(name))
 
 
 def _crystal(symbol: str, cell: tuple, atoms: list[tuple[str, tuple]]) -> Crystal:
@@ -51,10 +45,7 @@ def _trigonal(xyz=(1 / 3, 2 / 3, 0.2)) -> Crystal:
 
 
 def _crystals() -> list[Crystal]:
-    crystals = [_diamond(), _trigonal()]
-    if DATA.is_dir():
-        crystals += [_shared(name) for name in SHARED]
-    return crystals
+    return [_diamond(), _trigonal(), *(_shared(name) for name in SHARED)]
 
 
 def _periodic_distances(cell: Cell, x: np.ndarray, y: np.ndarray) -> np.ndarray:

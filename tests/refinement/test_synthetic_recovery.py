@@ -31,21 +31,12 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def data_dir(shared_data):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BLOCHNET_DATA", str(shared_data))
-        yield shared_data
-
-
-@pytest.fixture(scope="module")
-def quartz(bench, data_dir):
+def quartz(bench):
     torch.set_num_threads(1)
     return bench.case_for("quartz", quick=True)
 
 
-def test_displaced_start_moves_every_free_atom_by_0_1_angstrom_and_keeps_site_symmetry(
-    bench, data_dir
-):
+def test_displaced_start_moves_every_free_atom_by_0_1_angstrom_and_keeps_site_symmetry(bench):
     truth = bench.true_structure(bench.structure_path("cspbbr3"))
     start = bench.displaced(truth, np.random.default_rng(1))
     a_matrix = direct_matrix(truth.cell)

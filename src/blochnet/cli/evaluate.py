@@ -35,10 +35,15 @@ ones the refinement reported; the data files are those the refinement read, or D
 def evaluate(
     structure: Annotated[
         Path,
-        typer.Argument(help="structure CIF, or a refinement's output folder", show_default=False),
+        typer.Argument(
+            metavar="STRUCTURE",
+            help="structure CIF, or a refinement's output folder",
+            show_default=False,
+        ),
     ],
     data: Annotated[
-        Path | None, typer.Argument(help="3D-ED data (.cif_pets)", show_default=False)
+        Path | None,
+        typer.Argument(metavar="DATA", help="3D-ED data (.cif_pets)", show_default=False),
     ] = None,
     thickness: Annotated[float | None, typer.Option(help="one thickness [Å]")] = None,
     thickness_scan: Annotated[
@@ -68,10 +73,12 @@ def evaluate(
 ) -> None:
     import numpy as np
 
+    from blochnet.cli.options import validated
     from blochnet.cli.runtime import prepare_compute
-    from blochnet.experiment.config import SelectionRule, SimulationConfig
+    from blochnet.experiment.config import SimulationConfig
     from blochnet.experiment.evaluate import score_thicknesses
     from blochnet.experiment.prepared import prepare
+    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
 
@@ -85,17 +92,18 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --thickness and --thickness-scan")
     prepare_compute(device, threads)
     grid = [thickness] if thickness is not None else np.linspace(*thickness_scan)
-    config = SimulationConfig(
-        g_max=g_max,
-        sg_max=sg_max,
-        rocking=rocking,
-        n_tilts=n_tilts,
-        rocking_step=rocking_step,
-        absorption=absorption,
-        selection=SelectionRule(g_max=score_g_max, rsg_max=rsg_max),
-    )
+    options = {"g_max": g_max, "sg_max": sg_max, "rocking": rocking, "n_tilts": n_tilts}
+    options |= {"rocking_step": rocking_step, "absorption": absorption}
+    flags = {field: ("--" + field.replace("_", "-"), value) for field, value in options.items()}
+    flags |= {"selection.g_max": ("--score-g-max", score_g_max)}
+    flags |= {"selection.rsg_max": ("--rsg-max", rsg_max)}
+    config = validated(SimulationConfig, flags)  # the rules of the configuration file
+    check_thickness(grid, "--thickness" if thickness is not None else "--thickness-scan")
     dataset = read_pets(data)
-    prepared = prepare(read_structure(structure), dataset, config, device=device)
+    crystal = read_structure(structure)
+    check_structure(crystal)
+    check_beam_set(g_max, [dataset], "--g-max")
+    prepared = prepare(crystal, dataset, config, device=device)
     simulator = prepared.simulator()
     err = Console(stderr=True)
     columns = (

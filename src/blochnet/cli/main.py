@@ -50,8 +50,8 @@ class _BlochnetGroup(TyperGroup):
                 raise
             _print_error(_message(error))
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            _print_error("interrupted")
+        except KeyboardInterrupt as error:
+            _print_error(f"interrupted ({error})" if str(error) else "interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -94,6 +94,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # help texts are plain text: "blochnet[plot]" is not markup
 )
 
 

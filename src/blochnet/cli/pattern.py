@@ -39,7 +39,7 @@ _HELP = r"""Simulate the diffraction pattern of one crystal orientation (Bloch w
 
 Lists every beam within --g-max and --sg-max with its intensity at each thickness.
 
-Conventions: the incident beam travels along +\[uvw] (--zone, direct-lattice
+Conventions: the incident beam travels along +[uvw] (--zone, direct-lattice
 direction); a diffracted beam g has wave vector K+g; the excitation error s_g is
 positive when the reciprocal-lattice point lies inside the Ewald sphere; intensities are
 fractions of the incident beam (their sum is 1 without absorption); the thickness is
@@ -130,11 +130,11 @@ def pattern(
     ] = None,
     zone: Annotated[
         tuple[float, float, float],
-        typer.Option(help="Beam direction \\[uvw] (direct lattice), e.g. --zone 1 1 0."),
+        typer.Option(help="Beam direction [uvw] (direct lattice), e.g. --zone 1 1 0."),
     ] = ...,
     normal: Annotated[
         tuple[float, float, float] | None,
-        typer.Option(help="Surface normal \\[uvw] (direct lattice); default: the zone axis."),
+        typer.Option(help="Surface normal [uvw] (direct lattice); default: the zone axis."),
     ] = None,
     thickness: Annotated[
         list[str],
@@ -145,7 +145,7 @@ def pattern(
             callback=_thickness_labels,
         ),
     ] = ...,
-    voltage: Annotated[float, typer.Option(help="Accelerating voltage \\[kV].")] = 200.0,
+    voltage: Annotated[float, typer.Option(help="Accelerating voltage [kV].")] = 200.0,
     g_max: Annotated[float, typer.Option(help="Largest |g| of a beam [Å⁻¹].", min=0.0)] = 2.0,
     sg_max: Annotated[float, typer.Option(help="Largest |s_g| of a beam [Å⁻¹].", min=0.0)] = 0.05,
     absorption: Annotated[
@@ -165,7 +165,7 @@ def pattern(
         float | None,
         typer.Option(
             help="List only beams whose largest intensity over the thicknesses is ≥ this "
-            "\\[default: 1e-4 for table, 0 for csv/json].",
+            "[default: 1e-4 for table, 0 for csv/json].",
             show_default=False,
         ),
     ] = None,
@@ -179,14 +179,16 @@ def pattern(
 
     from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment.pattern import simulate_pattern
+    from blochnet.experiment.sanity import check_structure, check_thickness, check_voltage
 
-    if voltage <= 0:
-        raise ConfigurationError(f"--voltage must be > 0 kV, got {voltage:g}")
+    check_voltage(voltage)
     crystal, name = _load_structure(structure, example)
+    check_structure(crystal)
     prepare_compute(device.value)
     options = dict(g_max=g_max, sg_max=sg_max, absorption=absorption)
     options |= dict(scattering=scattering.value, solver=solver.value)
     thicknesses = [float(label) for label in thickness]
+    check_thickness(thicknesses, "--thickness")
     dtype = torch.float32 if float32 else torch.float64
     result = simulate_pattern(
         crystal,

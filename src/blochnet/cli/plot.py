@@ -14,7 +14,9 @@ epoch. Needs matplotlib (pip install "blochnet[plot]")."""
 
 
 def plot(
-    folder: Annotated[Path, typer.Argument(help="refinement output folder (--out of refine)")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="refinement output folder (--out of refine)")
+    ],
 ) -> None:
     from rich.console import Console
 

@@ -13,21 +13,26 @@ _HELP = """Refine STRUCTURE against one or more 3D-ED data sets (.cif_pets).
 Coordinates and ADPs (through the site-symmetry constraints), per-frame orientation
 corrections and a thickness model per data set (default: a learned distribution of
 thicknesses per frame, on a grid, predicted by a small network from the frame angle) are
-fitted together by Adam through the Bloch-wave simulation, minimising weighted least
-squares on intensities with the frame scales in closed form. Outputs in --out:
-config.json (the resolved configuration), checkpoint.pt (every few epochs; --resume
-continues from it), report.json, refined.cif, observations.csv (every compared
-observation with Io, σ and the scaled Ic), thickness.csv (every frame's thickness
-distribution) and, with matplotlib installed, refinement.png (blochnet plot DIR redraws
-it). --config FILE.toml sets anything of the configuration (unknown keys are refused);
---example quartz refines the bundled quartz data.
+fitted together by Adam through the Bloch-wave simulation, minimising a robust (Cauchy)
+loss of the weighted intensity residuals (robust = 0 in the configuration: weighted
+least squares) with the frame scales in closed form. Outputs in --out: config.json (the
+resolved configuration), checkpoint.pt (every few epochs, and when Ctrl-C or SIGTERM
+stops the run; --resume continues from it), report.json, refined.cif, observations.csv
+(every compared observation with Io, σ and the scaled Ic), thickness.csv (every frame's
+thickness distribution) and, with matplotlib installed, refinement.png (blochnet plot
+DIR redraws it). --config FILE.toml sets anything of the configuration (unknown keys are
+refused); --example quartz refines the bundled quartz data.
 """
 
 
 def refine(
     files: Annotated[
         list[Path] | None,
-        typer.Argument(help="STRUCTURE.cif DATA.cif_pets [...]", show_default=False),
+        typer.Argument(
+            metavar="STRUCTURE DATA",
+            help="structure CIF, then one or more 3D-ED data files (.cif_pets)",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("refinement"),
     example: Annotated[str | None, typer.Option(help="bundled example (quartz)")] = None,
@@ -38,17 +43,16 @@ def refine(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
 ) -> None:
-    from rich.console import Console
-
     from blochnet.cli.runtime import prepare_compute
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
+    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
     from blochnet.io.cif import read_structure
-    from blochnet.io.cif_write import format_su
+    from blochnet.io.output_folder import claim_output_folder
     from blochnet.io.pets import read_pets
-    from blochnet.refinement.pipeline import refine as run
     from blochnet.refinement.timings import Timings
 
+    settings = load_config(config, epochs=epochs)
     prepare_compute(device, threads)
     if example is not None:
         if files:
@@ -56,13 +60,26 @@ def refine(
         files = [example_path(example), example_dataset_path(example)]
     if not files or len(files) < 2:
         raise ConfigurationError("need STRUCTURE.cif and at least one DATA.cif_pets")
-    settings = load_config(config)
-    if epochs is not None:
-        settings.epochs = epochs
-    timings = Timings(device=device)
-    with timings.stage("read"):
-        crystal = read_structure(files[0])
-        datasets = [read_pets(path) for path in files[1:]]
+    with claim_output_folder(out):
+        timings = Timings(device=device)
+        with timings.stage("read"):
+            crystal = read_structure(files[0])
+            datasets = [read_pets(path) for path in files[1:]]
+        check_structure(crystal)
+        check_beam_set(settings.simulation.g_max, datasets, "[simulation] g_max")
+        if settings.thickness.t0 is not None:
+            check_thickness(settings.thickness.t0, "[thickness] t0")
+        _refine_and_print(
+            crystal, datasets, out, settings, timings, device=device, resume=resume, quiet=quiet
+        )
+
+
+def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resume, quiet):
+    from rich.console import Console
+
+    from blochnet.io.cif_write import format_su
+    from blochnet.refinement.pipeline import refine as run
+
     console = Console(stderr=True)
 
     def report(record):
@@ -142,26 +159,13 @@ def refine(
     )
 
 
-def load_config(path: Path | None):
-    """The refinement configuration from a TOML file (defaults without one)."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from blochnet.errors import InputFileError
+def load_config(path: Path | None, *, epochs: int | None = None):
+    """The refinement configuration from a TOML file (defaults without one), with the
+    command-line options that set its fields, all checked by the same rules."""
+    from blochnet.cli.options import validated
     from blochnet.refinement.config import RefineConfig
 
-    if path is None:
-        return RefineConfig()
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise InputFileError(path, "", f"not valid TOML: {error}") from None
-    try:
-        return RefineConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise InputFileError(path, "", problems) from None
+    return validated(RefineConfig, {"epochs": ("--epochs", epochs)}, path=path)
 
 
 def register(app: typer.Typer) -> None:

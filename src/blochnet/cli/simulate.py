@@ -77,18 +77,18 @@ def simulate(
     ],
     out: Annotated[Path, _opt("Data file to write (.cif_pets).", show_default=False)],
     like: Annotated[Path | None, _opt("Copy frames and hkl rows of this .cif_pets.")] = None,
-    voltage: Annotated[float | None, _opt("Voltage \\[kV] (default 200).")] = None,
+    voltage: Annotated[float | None, _opt("Voltage [kV] (default 200).")] = None,
     rotation: Annotated[
         tuple[float, float, float] | None,
-        _opt("START END STEP of α \\[deg] (default -30 30 1).", show_default=False),
+        _opt("START END STEP of α [deg] (default -30 30 1).", show_default=False),
     ] = None,
-    semi_angle: Annotated[float | None, _opt("Semi-angle \\[deg] (default STEP/2).")] = None,
+    semi_angle: Annotated[float | None, _opt("Semi-angle [deg] (default STEP/2).")] = None,
     resolution: Annotated[float | None, _opt("Largest |g| of a row [Å⁻¹] (default 1).")] = None,
     orientation: Annotated[
         str | None, _opt("'random' or U11,U12,...,U33 (default random).")
     ] = None,
     geometry: Annotated[Geometry | None, _opt("Scan type (default continuous-rotation).")] = None,
-    thickness: Annotated[float | None, _opt("One thickness \\[Å] (default 500).")] = None,
+    thickness: Annotated[float | None, _opt("One thickness [Å] (default 500).")] = None,
     thickness_wedge: Annotated[
         tuple[float, float, float] | None,
         _opt("MEAN_START MEAN_END SPREAD: wedge [Å], relative spread.", show_default=False),
@@ -99,7 +99,7 @@ def simulate(
     ] = Distribution.uniform,
     samples: Annotated[int | None, _opt("Thickness samples per frame (wedge; 9).")] = None,
     dose: Annotated[float, _opt("Counts per incident beam.")] = 1e7,
-    background: Annotated[float, _opt("σ of the background noise \\[counts].")] = 2.0,
+    background: Annotated[float, _opt("σ of the background noise [counts].")] = 2.0,
     scale_jitter: Annotated[float, _opt("Relative spread of the frame scales.")] = 0.0,
     poisson: Annotated[bool, _opt("Poisson counting noise.")] = True,
     seed: Annotated[int, _opt("Seed of every random choice.")] = 0,
@@ -119,6 +119,7 @@ def simulate(
 
     from blochnet.cli.runtime import prepare_compute
     from blochnet.experiment import synthetic
+    from blochnet.experiment.sanity import check_thickness, check_voltage
     from blochnet.io.cif import read_structure
     from blochnet.io.pets import read_pets
 
@@ -132,6 +133,10 @@ def simulate(
         given = ", ".join(_FLAGS.get(key, "--geometry") for key in scan)
         raise ConfigurationError(f"--like copies the geometry; do not also give {given}")
     _check_output(out, like)
+    if voltage is not None:
+        check_voltage(voltage)
+    if thickness is not None:
+        check_thickness(thickness, "--thickness")
     prepare_compute(device.value, threads)
     noise = dict(dose=dose, background=background, scale_jitter=scale_jitter, poisson=poisson)
     noise = _settings(synthetic.NoiseModel, **noise)
@@ -178,17 +183,12 @@ def _orientation(text: str | None):
 
 def _settings(cls, **values):
     """``cls(**values)``, with validation errors reported by option name."""
-    from pydantic import ValidationError
+    from blochnet.cli.options import validated
 
-    try:
-        return cls(**values)
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = str(item["loc"][0]) if item["loc"] else ""
-            flag = _FLAGS.get(field, field.replace("_", "-"))
-            problems.append(f"{flag}: {item['msg'].removeprefix('Value error, ')}")
-        raise ConfigurationError("; ".join(problems)) from None
+    flags = {
+        name: (_FLAGS.get(name, "--" + name.replace("_", "-")), v) for name, v in values.items()
+    }
+    return validated(cls, flags)
 
 
 def _thickness(value, wedge, law, distribution, samples):

@@ -19,10 +19,12 @@ from collections import Counter
 from os import PathLike
 from pathlib import Path
 
+import gemmi
 import numpy as np
 
 from blochnet.crystal import CELL_NAMES, Cell, Crystal
 from blochnet.dataset import Dataset
+from blochnet.experiment.sanity import close_contacts
 from blochnet.lattice import direct_matrix, reciprocal_matrix
 
 __all__ = ["dataset_summary", "is_pets_file", "structure_summary", "summarize_file"]
@@ -224,7 +226,7 @@ def _structure_oddities(crystal: Crystal, constraints, atoms: list[dict]) -> lis
     ):
         if bad:
             odd.append(_odd("atom_values", f"{kind}: {_names([a['label'] for a in bad])}"))
-    for i, j, distance in _close_contacts(crystal, constraints):
+    for i, j, distance in close_contacts(crystal, CLOSE_CONTACT):
         pair = f"{crystal.atoms[i].label} – {crystal.atoms[j].label}"
         odd.append(_odd("close_contact", f"{pair} {distance:.3f} Å (< {CLOSE_CONTACT} Å)"))
     missing = [a["label"] for a in atoms if _lacks_su(a)]
@@ -234,39 +236,47 @@ def _structure_oddities(crystal: Crystal, constraints, atoms: list[dict]) -> lis
         odd.append(_odd("su_missing", f"coordinates without s.u.: {_names(missing)}"))
     if not crystal.cell.su:
         odd.append(_odd("su_missing", "no standard uncertainties on the cell"))
+    if mismatch := _cell_against_symmetry(crystal):
+        odd.append(_odd("cell_symmetry", mismatch))
     return odd
+
+
+def _cell_against_symmetry(crystal: Crystal, angle_tol: float = 0.01) -> str:
+    """What in the cell breaks its space group's symmetry ('' if nothing): the metric
+    G = AᵀA must satisfy Rᵀ G R = G for every operator; the parameters of the averaged G
+    are what the space group allows."""
+    a_matrix = direct_matrix(crystal.cell)
+    metric = a_matrix.T @ a_matrix
+    rotations = [np.asarray(op.rotation, dtype=float) for op in crystal.operators]
+    allowed = sum(r.T @ metric @ r for r in rotations) / max(len(rotations), 1)
+    lengths = np.sqrt(np.diag(allowed))
+    cosines = [allowed[j, k] / (lengths[j] * lengths[k]) for j, k in ((1, 2), (0, 2), (0, 1))]
+    wanted = [*lengths, *np.degrees(np.arccos(np.clip(cosines, -1, 1)))]
+    given = crystal.cell.parameters
+    wrong = [
+        f"{name} {have:.4g}{unit} (symmetry needs {need:.4g}{unit})"
+        for name, have, need, unit, tol in zip(
+            ("a", "b", "c", "α", "β", "γ"), given, wanted, ["Å"] * 3 + ["°"] * 3,
+            [1e-4 * max(given[:3])] * 3 + [angle_tol] * 3, strict=True,
+        )
+        if abs(have - need) > tol
+    ]  # fmt: skip
+    if not wrong:
+        return ""
+    system = _crystal_system(crystal.spacegroup)
+    return f"the cell breaks the symmetry of {system}{crystal.spacegroup}: {', '.join(wrong)}"
+
+
+def _crystal_system(symbol: str) -> str:
+    try:
+        return f"the {gemmi.SpaceGroup(symbol).crystal_system_str()} space group "
+    except (ValueError, RuntimeError):
+        return ""
 
 
 def _lacks_su(atom: dict) -> bool:
     free = ["xyz".index(name) for name in atom["free_xyz"]]
     return any(atom["xyz_su"][k] is None for k in free)
-
-
-def _close_contacts(crystal: Crystal, constraints) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, distance) of asymmetric-unit atoms with images closer than CLOSE_CONTACT."""
-    if not crystal.atoms:
-        return []
-    rot = np.array([op.rotation for op in crystal.operators], dtype=float)
-    tran = np.array([op.translation for op in crystal.operators], dtype=float)
-    sites, owner = [], []
-    for j, (atom, site) in enumerate(zip(crystal.atoms, constraints, strict=True)):
-        for g in site.image_ops:
-            sites.append(rot[g] @ atom.xyz + tran[g])
-            owner.append(j)
-    sites, owner = np.array(sites) % 1.0, np.array(owner)
-    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij")).reshape(3, -1).T
-    a_matrix = direct_matrix(crystal.cell)
-    found: dict[tuple[int, int], float] = {}
-    for i, atom in enumerate(crystal.atoms):
-        delta = sites - np.asarray(atom.xyz) % 1.0
-        delta -= np.round(delta)
-        cart = (delta[:, None, :] + shifts[None, :, :]) @ a_matrix.T
-        distance = np.linalg.norm(cart, axis=2).min(axis=1)
-        itself = (owner == i) & (distance < 0.01)  # the atom's own site
-        for s in np.flatnonzero((distance < CLOSE_CONTACT) & ~itself):
-            key = (min(i, owner[s]), max(i, owner[s]))
-            found[key] = min(found.get(key, np.inf), float(distance[s]))
-    return [(i, j, d) for (i, j), d in sorted(found.items())]
 
 
 def _composition(counts: Counter) -> dict:

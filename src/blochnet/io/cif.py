@@ -17,13 +17,23 @@ import gemmi
 import numpy as np
 from gemmi import cif
 
-from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal
+from blochnet.crystal import CELL_NAMES, UIJ_NAMES, Atom, Cell, Crystal, cell_range_problem
 from blochnet.errors import InputFileError
 from blochnet.io.cif_symmetry import read_symmetry
+from blochnet.io.cif_syntax import parse_cif
 from blochnet.lattice import uij_to_cartesian
 
 __all__ = ["element_symbol", "parse_number", "read_structure"]
 
+_USED_TAGS = (
+    "_cell_length",
+    "_cell_angle",
+    "_symmetry_",
+    "_space_group",
+    "_atom_site",
+    "_atom_type",
+    "_blochnet_",
+)
 _B_TO_U = 1.0 / (8.0 * np.pi**2)  # U = B / (8 π²)
 # partial charges for scattering (no core CIF item holds a charge per site): a loop of
 # CHARGE_TAG_label and CHARGE_TAG_charge [e], written by blochnet's refinements
@@ -94,19 +104,25 @@ def read_structure(path: str | PathLike[str]) -> Crystal:
 def _read_document(path: Path) -> cif.Document:
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # mixed line endings
     except OSError as error:
         raise InputFileError(path, "", f"cannot read the file ({error.strerror})") from None
-    try:
-        return cif.read_string(text)
-    except (ValueError, RuntimeError) as error:
-        match = re.match(r"^string:(\d+)[:\s]*(?:\d+\(\d+\):\s*)?(.*)$", str(error), re.DOTALL)
-        where, problem = (f"line {match[1]}", match[2]) if match else ("", str(error))
-        raise InputFileError(path, where, f"not valid CIF syntax: {problem}") from None
+    if not text.strip():
+        raise InputFileError(path, "", "the file is empty; expected a CIF with a structure")
+    document, notes = parse_cif(path, text, used=_USED_TAGS)
+    for note in notes:
+        warnings.warn(f"{path}: {note}", stacklevel=4)
+    return document
 
 
 def _atom_block(document: cif.Document, path: Path) -> tuple[cif.Block, list[cif.Block]]:
     blocks = list(document)
     with_atoms = [b for b in blocks if len(b.find_values("_atom_site_fract_x")) > 0]
+    if not with_atoms and any(len(b.find_values("_refln_index_h")) for b in blocks):
+        raise InputFileError(
+            path, "", "this is a 3D-ED data file (it lists reflections and no atom sites), "
+            "not a structure; are the structure and the data file swapped?"
+        )  # fmt: skip
     if not with_atoms:
         names = ", ".join(f"data_{b.name}" for b in blocks) or "none"
         raise InputFileError(
@@ -148,6 +164,8 @@ def _number(path: Path, where: str, raw: str | None, *, required: bool = True):
         raise InputFileError(path, where, f"expected a number, got {raw!r}") from None
     if parsed is None and required:
         raise InputFileError(path, where, f"missing value {raw!r}; expected a number")
+    if parsed is not None and not all(np.isfinite(v) for v in parsed if v is not None):
+        raise InputFileError(path, where, f"expected a finite number, got {raw!r}")
     return parsed
 
 
@@ -164,10 +182,8 @@ def _read_cell(path: Path, blocks: list[cif.Block]) -> Cell:
         values.append(value)
         if sigma is not None:
             su[name] = sigma
-        if kind == "length" and value <= 0:
-            raise InputFileError(path, tag, f"expected a positive length in Å, got {value}")
-        if kind == "angle" and not 0 < value < 180:
-            raise InputFileError(path, tag, f"expected an angle in (0, 180)°, got {value}")
+        if problem := cell_range_problem(name, value):
+            raise InputFileError(path, tag, problem)
     ca, cb, cg = np.cos(np.radians(values[3:]))
     if 1 - ca**2 - cb**2 - cg**2 + 2 * ca * cb * cg <= 1e-12:
         problem = f"the angles {values[3:]} do not form a cell (zero or imaginary volume)"

@@ -261,7 +261,11 @@ def _fixed(row: np.ndarray) -> bool:
 
 def _plain(value: float, decimals: int, *, extra: int = _EXTRA_DECIMALS) -> str:
     """``value`` with ``decimals`` decimals, or up to ``extra`` more if that makes it exact."""
-    exact = (p for p in range(decimals, decimals + extra + 1) if round(value, p) == value)
+    exact = (
+        p
+        for p in range(decimals, decimals + extra + 1)
+        if abs(round(value, p) - value) <= 1e-12 * abs(value)
+    )
     places = next(exact, decimals)
     text = f"{value:.{places}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text

@@ -22,13 +22,16 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from blochnet.crystal import CELL_NAMES, Cell
+from blochnet.crystal import CELL_NAMES, Cell, cell_range_problem
 from blochnet.dataset import GEOMETRIES, Dataset, FrameTable, ReflectionTable
 from blochnet.errors import InputFileError
+from blochnet.io.cif_syntax import parse_cif, read_text
 from blochnet.lattice import reciprocal_matrix
 from blochnet.units import wavelength_to_energy
 
 _CELL_TAGS = tuple(("_cell_length_" if n in "abc" else "_cell_angle_") + n for n in CELL_NAMES)
+_WAVELENGTH_RANGE = (0.003, 0.09)  # [Å] electrons of 20 kV to 3 MV
+_USED_TAGS = ("_cell_length", "_cell_angle", "_diffrn_", "_refln_", "_pets_")
 _UB_TAGS = tuple(f"_diffrn_orient_matrix_UB_{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3))
 _FRAME = "_diffrn_zone_axis_"
 _FRAME_COLS = ("id", "u", "v", "w", "precession_angle", "alpha", "beta", "omega", "scale")
@@ -38,7 +41,6 @@ _DETAILS_TAGS = ("_diffrn_measurement_details", "_diffrn_reflns_reduction_proces
 # structured tag _diffrn_measurement_<name>; key "<name with spaces>" in the details text
 _SETTINGS = ("data_collection_geometry", "rotation_axis_position", "mosaicity", "dstarmax")
 _NUMBER = re.compile(r"^([+-]?(?:\d+\.?(\d*)|\.(\d+)))([eE][+-]?\d+)?(?:\((\d+)\))?$")
-_GEMMI_MESSAGE = re.compile(r"^string:(\d+)?(?::\d+)?(?:\(\d+\))?(?: in data_\S+)?:?\s*(.*)$", re.S)
 _MISSING = ("?", ".")
 
 
@@ -116,9 +118,18 @@ class _Source:
                 raise self.fail(where, f"required column {prefix + name} is missing; found {have}")
         order = [first] + [j for j in range(len(columns)) if j != first]
         table = self.block.find(prefix, [("?" if j != first else "") + columns[j] for j in order])
+        for j in range(len(columns)):
+            if present[j] and not table.has_column(order.index(j)):
+                raise self.fail(
+                    self.at(prefix + columns[j]),
+                    f"{prefix + columns[j]} is outside the loop of {prefix + columns[first]} "
+                    f"(line {item.line_number}); expected one loop with all {prefix} columns",
+                )
         cols = [
             list(table.column(order.index(j))) if present[j] else None for j in range(len(columns))
         ]
+        if len(table) == 0:
+            raise self.fail(where, "the loop has no rows")
         lines = np.zeros(len(table), dtype=np.int64)
         if item.loop is not None:
             lines = _row_lines(self.lines, item.line_number, item.loop.width(), len(table))
@@ -129,7 +140,7 @@ class _Source:
         dtype = np.int64 if kind is int else np.float64
         try:
             values = np.array(raw, dtype=dtype)
-        except ValueError:
+        except (ValueError, OverflowError):
             values = np.array(
                 [self._value(text, tag, lines, i, kind, default) for i, text in enumerate(raw)],
                 dtype=dtype,
@@ -143,9 +154,12 @@ class _Source:
         if default is not None and text in _MISSING:
             return default
         try:
-            return int(text) if kind is int else _number(text)[0]
+            value = int(text) if kind is int else _number(text)[0]
+            if kind is int and abs(value) >= 2**53:
+                raise ValueError
+            return value
         except ValueError:
-            what = "an integer" if kind is int else "a number"
+            what = "an integer (below 2⁵³)" if kind is int else "a number"
             raise self.fail(_row(tag, lines, i), f"expected {what}, got {text!r}") from None
 
 
@@ -169,41 +183,16 @@ def _row_lines(lines: list[str], start: int, width: int, nrows: int) -> np.ndarr
     return out
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(path, "", f"cannot read the file ({exc.strerror})") from None
-    if not data.strip():
-        raise InputFileError(path, "", "the file is empty; expected a PETS2 .cif_pets file")
-    bad = re.search(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]", data)
-    if bad is None:
-        try:
-            return data.decode("utf-8").removeprefix("\ufeff")
-        except UnicodeDecodeError as exc:
-            offset, problem = exc.start, f"byte 0x{data[exc.start]:02x} is not valid UTF-8"
-    else:
-        offset, problem = bad.start(), f"control byte 0x{data[bad.start()]:02x}"
-    line = data.count(b"\n", 0, offset) + 1
-    raise InputFileError(
-        path, f"line {line}", f"{problem}; expected a text CIF file (ASCII or UTF-8)"
-    )
-
-
-def _parse_cif(path: Path, text: str) -> gemmi.cif.Document:
-    try:
-        return gemmi.cif.read_string(text)
-    except (ValueError, RuntimeError) as exc:
-        match = _GEMMI_MESSAGE.match(str(exc))
-        line, message = (match.group(1), match.group(2)) if match else (None, str(exc))
-        where = f"line {line}" if line else ""
-        raise InputFileError(path, where, f"CIF syntax error: {message}") from None
-
-
 def _pick_block(path: Path, doc: gemmi.cif.Document) -> tuple[gemmi.cif.Block, list[str]]:
     if len(doc) == 0:
         raise InputFileError(path, "", "no data block (data_...) in the file")
     hits = [b for b in doc if b.find_value(_UB_TAGS[0]) is not None]
+    structure = any(len(b.find_values("_atom_site_fract_x")) for b in doc)
+    if not hits and structure and not any(len(b.find_values("_refln_index_h")) for b in doc):
+        raise InputFileError(
+            path, "", "this is a structure (it lists atom sites and no reflections), not a "
+            "3D-ED data file; are the structure and the data file swapped?"
+        )  # fmt: skip
     if not hits:
         if len(doc) == 1:
             return doc[0], []
@@ -216,11 +205,8 @@ def _read_cell(src: _Source) -> Cell:
     values, su = [], {}
     for name, tag in zip(CELL_NAMES, _CELL_TAGS, strict=True):
         value, sigma = src.scalar(tag)
-        limit = (0.0, np.inf) if name in "abc" else (0.0, 180.0)
-        if not limit[0] < value < limit[1]:
-            raise src.fail(
-                src.at(tag), f"expected a value in ({limit[0]}, {limit[1]}), got {value}"
-            )
+        if problem := cell_range_problem(name, value):
+            raise src.fail(src.at(tag), problem)
         values.append(value)
         if sigma is not None:
             su[name] = sigma
@@ -372,15 +358,20 @@ def _read_settings(src: _Source) -> tuple[dict[str, str], dict]:
 def read_pets(path: str | PathLike[str]) -> Dataset:
     """Read a PETS2 ``.cif_pets`` file into a :class:`Dataset` (see the module docstring)."""
     path = Path(path)
-    text = _read_text(path)
-    doc = _parse_cif(path, text)
+    text = read_text(path, "a PETS2 .cif_pets file")
+    doc, lenient = parse_cif(path, text, used=_USED_TAGS)
     block, notes = _pick_block(path, doc)
     src = _Source(path, block, text.split("\n"))
-    src.warnings.extend(notes)
+    src.warnings.extend(lenient + notes)
     cell = _read_cell(src)
     wavelength = src.scalar("_diffrn_radiation_wavelength")[0]
-    if wavelength <= 0:
-        raise src.fail(src.at("_diffrn_radiation_wavelength"), f"expected > 0, got {wavelength}")
+    low, high = _WAVELENGTH_RANGE
+    if not low <= wavelength <= high:
+        raise src.fail(
+            src.at("_diffrn_radiation_wavelength"),
+            f"{wavelength:g} Å is not the wavelength of electrons in a TEM ({low}–{high} Å, "
+            "20 kV to 3 MV); X-ray data, or another unit?",
+        )
     ub = _read_ub(src, cell)
     frames = _read_frames(src)
     reflections = _read_reflections(src, frames)

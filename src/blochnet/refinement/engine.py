@@ -3,7 +3,10 @@
 * A NaN or inf in the loss or in any gradient stops the step; the offending parameter
   groups (and frames, for per-frame parameters) are named, and the last good state is kept.
 * A checkpoint (parameters, optimiser state, history) is written atomically every
-  ``checkpoint_every`` epochs; ``resume=True`` continues from it to the same result.
+  ``checkpoint_every`` epochs, at the end, and after the epoch in which a SIGINT or
+  SIGTERM arrived (the run then stops with :class:`~blochnet.refinement.interrupts.Interrupted`);
+  ``resume=True`` continues from it to the same result, also after a run that had
+  converged (it is not taken further).
 * Convergence is judged on the objective: the run stops when the relative drop of the
   loss over ``patience`` epochs is below ``tolerance``.
 """
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from blochnet.errors import RefinementError
+from blochnet.refinement.interrupts import Interrupted, deferred_interrupts
 
 
 @dataclass
@@ -129,44 +133,47 @@ def optimise_adam(
                 "groups) or by another version. Start again without --resume, or resume "
                 "with the settings of that run"
             )
-        start_epoch = len(history)
+        start_epoch = epochs if _converged(history, tolerance, patience) else len(history)
     good = copy.deepcopy(objective.state_dict())
     base_rates = [group["lr"] for group in groups]
-    for epoch in range(start_epoch, epochs):
-        tick = time.perf_counter()
-        if method == "adam" and lr_final != 1.0:
-            cosine = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs - 1, 1)))
-            factor = lr_final + (1 - lr_final) * cosine
-            for group, rate in zip(optimiser.param_groups, base_rates, strict=True):
-                group["lr"] = rate * factor
-        optimiser.zero_grad()
-        loss = objective()
-        _check_finite(objective, loss, good)
-        forward = time.perf_counter()
-        loss.backward()
-        _check_finite(objective, loss, good, gradients=True)
-        backward = time.perf_counter()
-        good = copy.deepcopy(objective.state_dict())
-        extra = merit() if merit is not None else {}
-        if method == "lbfgs":
-            optimiser.step(objective, loss, good)
-        else:
-            optimiser.step()
-        if after_step is not None:
-            after_step()
-        value = float(loss.detach())
-        wr2 = extra.pop("wr2", math.sqrt(value / sum_w_io2))
-        record = EpochRecord(
-            epoch + 1, value, wr2, time.perf_counter() - tick, **extra,
-            forward_s=forward - tick, backward_s=backward - forward,
-        )  # fmt: skip
-        history.append(record)
-        if report is not None:
-            report(record)
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
-            save_checkpoint(checkpoint, objective, optimiser, history)
-        if _converged(history, tolerance, patience):
-            break
+    with deferred_interrupts() as interrupt:
+        for epoch in range(start_epoch, epochs):
+            tick = time.perf_counter()
+            if method == "adam" and lr_final != 1.0:
+                cosine = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs - 1, 1)))
+                factor = lr_final + (1 - lr_final) * cosine
+                for group, rate in zip(optimiser.param_groups, base_rates, strict=True):
+                    group["lr"] = rate * factor
+            optimiser.zero_grad()
+            loss = objective()
+            _check_finite(objective, loss, good)
+            forward = time.perf_counter()
+            loss.backward()
+            _check_finite(objective, loss, good, gradients=True)
+            backward = time.perf_counter()
+            good = copy.deepcopy(objective.state_dict())
+            extra = merit() if merit is not None else {}
+            if method == "lbfgs":
+                optimiser.step(objective, loss, good)
+            else:
+                optimiser.step()
+            if after_step is not None:
+                after_step()
+            value = float(loss.detach())
+            wr2 = extra.pop("wr2", math.sqrt(value / sum_w_io2))
+            record = EpochRecord(
+                epoch + 1, value, wr2, time.perf_counter() - tick, **extra,
+                forward_s=forward - tick, backward_s=backward - forward,
+            )  # fmt: skip
+            history.append(record)
+            if report is not None:
+                report(record)
+            if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
+                save_checkpoint(checkpoint, objective, optimiser, history)
+            if interrupt.pending():
+                _stop(interrupt.name, epoch + 1, checkpoint, objective, optimiser, history)
+            if _converged(history, tolerance, patience):
+                break
     if checkpoint is not None:
         save_checkpoint(checkpoint, objective, optimiser, history)
     return history
@@ -256,6 +263,16 @@ def save_checkpoint(path: Path, objective: nn.Module, optimiser, history) -> Non
         tmp,
     )
     os.replace(tmp, path)
+
+
+def _stop(signal_name: str, epoch: int, checkpoint, objective, optimiser, history) -> None:
+    """Save the state after ``epoch`` and raise :class:`Interrupted` saying so."""
+    if checkpoint is None:
+        raise Interrupted(f"{signal_name}: stopped after epoch {epoch}")
+    save_checkpoint(checkpoint, objective, optimiser, history)
+    raise Interrupted(
+        f"{signal_name}: stopped after epoch {epoch}; saved in {checkpoint}, continue with --resume"
+    )
 
 
 def _converged(history: list[EpochRecord], tolerance: float, patience: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.io import strict_json
 from blochnet.io.atomic import write_text_atomically
+from blochnet.io.output_folder import check_output_folder
 from blochnet.refinement.absolute import (
     AbsoluteStructure,
     choose_absolute_structure,
@@ -95,8 +97,11 @@ def refine(
     """
     timings = timings or Timings(device=str(device or "cpu"))
     config = config or RefineConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out_dir)
+    if resume and not (out / "checkpoint.pt").exists():
+        warnings.warn(
+            f"nothing to resume in {out} (no checkpoint.pt): starting at epoch 1", stacklevel=2
+        )
     saved = _saved_start(out) if resume else None
     simulation = saved["simulation"] if saved else config.simulation
     dtype = torch.float64 if config.precision == "float64" else torch.float32
