@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from small_data import SIMULATION, small_quartz_frames
 
 from blochnet.examples import example_path
@@ -36,8 +35,10 @@ def degenerate():
     return crystal, dataset
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_frames_without_usable_reflections_leave_everything_finite(degenerate, tmp_path, dtype):
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_frames_without_usable_reflections_leave_everything_finite(
+    degenerate, tmp_path, precision
+):
     crystal, dataset = degenerate
     config = RefineConfig(
         simulation=SIMULATION,
@@ -48,8 +49,9 @@ def test_frames_without_usable_reflections_leave_everything_finite(degenerate, t
         auto_setup=False,
         absolute_structure="given",
         plot=False,
+        precision=precision,
     )
-    result = refine(crystal, [dataset], tmp_path, config, dtype=dtype)
+    result = refine(crystal, [dataset], tmp_path, config)
     assert all(math.isfinite(h.loss) and math.isfinite(h.wr2) for h in result.history)
     report = result.report
     assert all(math.isfinite(report[key]) for key in ("r_obs", "wr2", "gof"))

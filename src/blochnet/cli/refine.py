@@ -38,6 +38,14 @@ def refine(
     example: Annotated[str | None, typer.Option(help="bundled example (quartz)")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
     epochs: Annotated[int | None, typer.Option(help="number of epochs (overrides config)")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            metavar="float64|float32|mixed",
+            help="arithmetic: float64 (default), float32, or mixed (float32 epochs, float64 "
+            "for the last ones and the s.u.); overrides config",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue from DIR/checkpoint.pt")] = False,
     quiet: Annotated[bool, typer.Option(help="no per-epoch output")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -52,7 +60,7 @@ def refine(
     from blochnet.io.pets import read_pets
     from blochnet.refinement.timings import Timings
 
-    settings = load_config(config, epochs=epochs)
+    settings = load_config(config, epochs=epochs, precision=precision)
     prepare_compute(device, threads)
     if example is not None:
         if files:
@@ -77,28 +85,10 @@ def refine(
 def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resume, quiet):
     from rich.console import Console
 
-    from blochnet.io.cif_write import format_su
     from blochnet.refinement.pipeline import refine as run
 
     console = Console(stderr=True)
-
-    def report(record):
-        if not quiet:
-            free = "" if math.isnan(record.r_free) else f"  R1 free {100 * record.r_free:6.2f} %"
-            console.print(
-                f"epoch {record.epoch:4d}  wR2 {100 * record.wr2:6.2f} %  "
-                f"R1(obs) {100 * record.r_obs:6.2f} % pooled, "
-                f"{100 * record.r_obs_frame_mean:6.2f} % frame mean{free}  ({record.seconds:.1f} s)"
-            )
-
-    def lm_report(record):
-        if not quiet:
-            state = "accepted" if record.accepted else "rejected"
-            console.print(
-                f"LM {record.iteration:3d}  Σw·Δ² {record.loss:.6g}  "
-                f"max shift/s.u. {record.max_shift_su:.3g}  ({state})"
-            )
-
+    say = None if quiet else console.print
     result = run(
         crystal,
         datasets,
@@ -106,13 +96,37 @@ def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resu
         settings,
         device=device,
         resume=resume,
-        report=report,
-        lm_report=lm_report,
+        report=None if quiet else lambda record: console.print(_epoch_line(record)),
+        lm_report=None if quiet else lambda record: console.print(_lm_line(record)),
         setup_report=None if quiet else (lambda line: console.print(f"setup: {line}")),
-        stage_report=None if quiet else console.print,
+        stage_report=say,
         timings=timings,
     )
-    r = result.report
+    Console().print(_summary(result.report, out, settings, timings))
+
+
+def _epoch_line(record) -> str:
+    free = "" if math.isnan(record.r_free) else f"  R1 free {100 * record.r_free:6.2f} %"
+    return (
+        f"epoch {record.epoch:4d}  wR2 {100 * record.wr2:6.2f} %  "
+        f"R1(obs) {100 * record.r_obs:6.2f} % pooled, "
+        f"{100 * record.r_obs_frame_mean:6.2f} % frame mean{free}  ({record.seconds:.1f} s)"
+    )
+
+
+def _lm_line(record) -> str:
+    state = "accepted" if record.accepted else "rejected"
+    return (
+        f"LM {record.iteration:3d}  Σw·Δ² {record.loss:.6g}  "
+        f"max shift/s.u. {record.max_shift_su:.3g}  ({state})"
+    )
+
+
+def _summary(r: dict, out: Path, settings, timings) -> str:
+    """The lines printed at the end: R values, the hand, timings, charges, the most
+    disagreeable observations, merged R values and the files written."""
+    from blochnet.io.cif_write import format_su
+
     hand = r["absolute_structure"] or {}
     absolute = ""
     if "inverse_of_refined" in hand:
@@ -126,46 +140,50 @@ def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resu
     charges = "; ".join(
         f"{a['label']} {format_su(a['charge'], a['charge_su'], 3)}" for a in charged
     )
-    worst = r["most_disagreeable"][:5]
     listed = "; ".join(
         f"{' '.join(map(str, w['hkl']))} (frame {w['frame']}) {w['delta_over_sigma']:+.0f}σ"
-        for w in worst
+        for w in r["most_disagreeable"][:5]
         if w["delta_over_sigma"] is not None
     )
-    Console().print(
+    merged = r.get("merged") or {}
+    files = ("report.json", "refined.cif", "reflections.csv", "reflections.fcf", "merged.csv",
+             "difference_map.ccp4", "state.json", "observations.csv", "thickness.csv")  # fmt: skip
+    written = ", ".join(
+        f"{out}/{name}" for name in (*files, *([r["figure"]] if r["figure"] else []))
+    )
+    lines = [
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
-        f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}\n"
-        + f"{timings.summary()}\n"
-        + (f"partial charges (e): {charges}\n" if charges else "")
-        + (f"most disagreeable (Io − Ic)/σ: {listed}\n" if listed else "")
-        + (
-            f"merged (Laue class): R_int {100 * merged['r_int']:.2f} %, R1(obs) "
-            f"{100 * merged['r1_obs']:.2f} % over {merged['n_unique']} unique\n"
-            if (merged := r.get("merged") or {}).get("r_int") is not None
-            else ""
-        )
-        + f"open {out}/report.html; wrote {out}/report.json, {out}/refined.cif, "
-        f"{out}/reflections.csv, {out}/reflections.fcf, {out}/merged.csv, "
-        f"{out}/difference_map.ccp4, {out}/state.json, {out}/observations.csv, "
-        f"{out}/thickness.csv"
-        + (f", {out}/{r['figure']}" if r["figure"] else "")
-        + (
-            ""
-            if r["figure"] or not settings.plot
-            else "\n(no refinement.png: matplotlib is not installed; pip install matplotlib, "
+        f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}",
+        timings.summary(),
+        *([f"partial charges (e): {charges}"] if charges else []),
+        *([f"most disagreeable (Io − Ic)/σ: {listed}"] if listed else []),
+        *(
+            [
+                f"merged (Laue class): R_int {100 * merged['r_int']:.2f} %, R1(obs) "
+                f"{100 * merged['r1_obs']:.2f} % over {merged['n_unique']} unique"
+            ]
+            if merged.get("r_int") is not None
+            else []
+        ),  # fmt: skip
+        f"open {out}/report.html; wrote {written}",
+    ]
+    if not r["figure"] and settings.plot:
+        lines.append(
+            "(no refinement.png: matplotlib is not installed; pip install matplotlib, "
             f"then blochnet plot {out})"
         )
-    )
+    return "\n".join(lines)
 
 
-def load_config(path: Path | None, *, epochs: int | None = None):
+def load_config(path: Path | None, *, epochs: int | None = None, precision: str | None = None):
     """The refinement configuration from a TOML file (defaults without one), with the
     command-line options that set its fields, all checked by the same rules."""
     from blochnet.cli.options import validated
     from blochnet.refinement.config import RefineConfig
 
-    return validated(RefineConfig, {"epochs": ("--epochs", epochs)}, path=path)
+    options = {"epochs": ("--epochs", epochs), "precision": ("--precision", precision)}
+    return validated(RefineConfig, options, path=path)
 
 
 def register(app: typer.Typer) -> None:

@@ -117,22 +117,7 @@ def optimise_adam(
     history: list[EpochRecord] = []
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        try:
-            state = torch.load(checkpoint, weights_only=False)
-            why = _mismatch(objective.state_dict(), state["objective"])
-            if not why:
-                objective.load_state_dict(state["objective"])
-                optimiser.load_state_dict(state["optimiser"])
-                history = [EpochRecord(**h) for h in state["history"]]
-        except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
-            why = f"unreadable ({type(error).__name__}: {error})"
-        if why:
-            raise RefinementError(
-                f"{checkpoint}: cannot resume, the checkpoint does not hold this refinement's "
-                f"parameters ({why}); it was written with other settings (e.g. other refined "
-                "groups) or by another version. Start again without --resume, or resume "
-                "with the settings of that run"
-            )
+        history = _load_checkpoint(checkpoint, objective, optimiser)
         start_epoch = epochs if _converged(history, tolerance, patience) else len(history)
     good = copy.deepcopy(objective.state_dict())
     base_rates = [group["lr"] for group in groups]
@@ -140,10 +125,7 @@ def optimise_adam(
         for epoch in range(start_epoch, epochs):
             tick = time.perf_counter()
             if method == "adam" and lr_final != 1.0:
-                cosine = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs - 1, 1)))
-                factor = lr_final + (1 - lr_final) * cosine
-                for group, rate in zip(optimiser.param_groups, base_rates, strict=True):
-                    group["lr"] = rate * factor
+                _cosine_rates(optimiser, base_rates, epoch, epochs, lr_final)
             optimiser.zero_grad()
             loss = objective()
             _check_finite(objective, loss, good)
@@ -177,6 +159,34 @@ def optimise_adam(
     if checkpoint is not None:
         save_checkpoint(checkpoint, objective, optimiser, history)
     return history
+
+
+def _load_checkpoint(checkpoint: Path, objective: nn.Module, optimiser) -> list[EpochRecord]:
+    """Load parameters and optimiser state from ``checkpoint``; return its history."""
+    try:
+        state = torch.load(checkpoint, weights_only=False)
+        why = _mismatch(objective.state_dict(), state["objective"])
+        if not why:
+            objective.load_state_dict(state["objective"])
+            optimiser.load_state_dict(state["optimiser"])
+            return [EpochRecord(**h) for h in state["history"]]
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
+        why = f"unreadable ({type(error).__name__}: {error})"
+    raise RefinementError(
+        f"{checkpoint}: cannot resume, the checkpoint does not hold this refinement's "
+        f"parameters ({why}); it was written with other settings (e.g. other refined "
+        "groups) or by another version. Start again without --resume, or resume "
+        "with the settings of that run"
+    )
+
+
+def _cosine_rates(optimiser, base_rates: list[float], epoch: int, epochs: int, lr_final: float):
+    """Every group's rate on a cosine from its base value (first epoch) to ``lr_final``
+    times it (last epoch)."""
+    cosine = 0.5 * (1 + math.cos(math.pi * epoch / max(epochs - 1, 1)))
+    factor = lr_final + (1 - lr_final) * cosine
+    for group, rate in zip(optimiser.param_groups, base_rates, strict=True):
+        group["lr"] = rate * factor
 
 
 class _ScaledLBFGS:

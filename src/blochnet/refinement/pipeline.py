@@ -212,20 +212,24 @@ def _optimise(
         final.load_state_dict(model.state_dict())  # float32 values, cast to float64
         model, resume = final, resume or bool(history)
         epochs = (len(history) if history else first) + config.final_float64_epochs
-        history = _adam(model, config, checkpoint, resume, report, epochs=epochs)
+        # every one of the float64 epochs runs (no stop on the float32 epochs' convergence)
+        history = _adam(model, config, checkpoint, resume, report, epochs=epochs, tolerance=0.0)
     if config.lm_iterations:
         levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
     return model, history
 
 
-def _adam(model: Refinement, config: RefineConfig, checkpoint: Path, resume, report, *, epochs):
+def _adam(
+    model: Refinement, config: RefineConfig, checkpoint: Path, resume, report, *, epochs,
+    tolerance: float = 1e-5,
+):  # fmt: skip
     sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
     return optimise_adam(
         model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
         sum_w_io2=sum_w_io2, checkpoint=checkpoint,
         checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
         report=report, merit=model.last_r_values, method=config.optimiser,
-        lr_final=config.lr_final,
+        lr_final=config.lr_final, tolerance=tolerance,
     )  # fmt: skip
 
 

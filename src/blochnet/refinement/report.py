@@ -89,35 +89,7 @@ def write_report(
         model()  # one simulation per data set at the final parameters; reused below
     merit = joint_figures_of_merit(model.objectives, n_parameters=n_parameters, last=True)
     free = not all(bool(o.fit.all()) for o in model.objectives)
-    frames = []
-    for objective in model.objectives:
-        thickness = objective.thickness.summary()
-        scales = objective.scored("all", last=True)["scales"]
-        fm = joint_figures_of_merit([objective], subset="all", last=True)
-        fitted = np.bincount(
-            objective.frame[objective.fit].cpu().numpy(), minlength=objective.n_frames
-        )
-        rotations = objective.rotations()
-        rotation = (
-            rotations.detach().cpu().numpy()
-            if rotations is not None
-            else np.zeros((objective.n_frames, 3))
-        )
-        for f, frame_id in enumerate(objective.simulator.dataset.frames.id):
-            frames.append(
-                {
-                    "dataset": dataset_name(objective),
-                    "id": int(frame_id),
-                    "alpha_deg": float(objective.simulator.dataset.frames.alpha[f]),
-                    "held_out": bool(fitted[f] == 0),
-                    # mean, width and whatever else the model reports (e.g. flatness)
-                    **{f"thickness_{key}": float(v[f]) for key, v in thickness.items()},
-                    "scale": float(scales[f]),
-                    "orientation_correction_deg": np.degrees(rotation[f]).tolist(),
-                    "r1_obs": _finite(fm.per_frame["r1_obs"][f]),
-                    "n_obs": int(fm.per_frame["n_obs"][f]),
-                }
-            )
+    frames = [entry for objective in model.objectives for entry in _frame_entries(objective)]
     table = _observation_table(model.objectives)
     report = {
         "r_obs": merit.r1_obs,
@@ -175,6 +147,37 @@ def write_report(
     write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
     write_html_report(out)
     return report
+
+
+def _frame_entries(objective) -> list[dict]:
+    """One ``report.json`` entry per frame of a data set: angle, held out or not, thickness
+    distribution summary, scale, orientation correction and R1(obs)."""
+    thickness = objective.thickness.summary()
+    scales = objective.scored("all", last=True)["scales"]
+    fm = joint_figures_of_merit([objective], subset="all", last=True)
+    fitted = np.bincount(objective.frame[objective.fit].cpu().numpy(), minlength=objective.n_frames)
+    rotations = objective.rotations()
+    rotation = (
+        rotations.detach().cpu().numpy()
+        if rotations is not None
+        else np.zeros((objective.n_frames, 3))
+    )
+    frames = objective.simulator.dataset.frames
+    return [
+        {
+            "dataset": dataset_name(objective),
+            "id": int(frame_id),
+            "alpha_deg": float(frames.alpha[f]),
+            "held_out": bool(fitted[f] == 0),
+            # mean, width and whatever else the model reports (e.g. flatness)
+            **{f"thickness_{key}": float(v[f]) for key, v in thickness.items()},
+            "scale": float(scales[f]),
+            "orientation_correction_deg": np.degrees(rotation[f]).tolist(),
+            "r1_obs": _finite(fm.per_frame["r1_obs"][f]),
+            "n_obs": int(fm.per_frame["n_obs"][f]),
+        }
+        for f, frame_id in enumerate(frames.id)
+    ]
 
 
 MOST_DISAGREEABLE = 20  # observations listed in the report
