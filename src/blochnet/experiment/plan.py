@@ -76,10 +76,6 @@ class FramePlan:
     def n_orientations(self) -> int:
         return sum(int(g.batch.mask.shape[0]) for g in self.groups)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.groups[0].directions.dtype if self.groups else torch.float64
-
 
 def build_plan(
     dataset: Dataset,
@@ -157,9 +153,3 @@ def _dependencies(orientations: list[Orientation], frame_of_used: np.ndarray) ->
         if o.blend > 0:
             parts.append(np.stack([o.rows, np.full(len(o.rows), o.neighbour)], 1))
     return np.unique(np.concatenate(parts), axis=0)
-
-
-def plan_settings_key(settings: SimulationConfig) -> str:
-    """A key of ``settings`` for caching plans (every field: the simulator reads the
-    solver and absorption from the plan's settings)."""
-    return settings.model_dump_json()

@@ -49,13 +49,18 @@ class PreparedData:
     def settings(self) -> SimulationConfig:
         return self.plan.settings
 
-    def simulator(self, crystal: Crystal | None = None) -> FrameSimulator:
-        """A simulator of the plan for ``crystal`` (default: the prepared structure), e.g.
-        the other hand or a refined structure, put in this data set's cell (the cells
-        were compared when the data were prepared)."""
+    def simulator(
+        self, crystal: Crystal | None = None, plan: FramePlan | None = None
+    ) -> FrameSimulator:
+        """A simulator of ``plan`` (default: the record's; another of :meth:`plan_for`)
+        for ``crystal`` (default: the prepared structure), e.g. the other hand or a
+        refined structure, put in this data set's cell (the cells were compared when the
+        data were prepared)."""
         crystal = self.crystal if crystal is None else replace(crystal, cell=self.crystal.cell)
-        model = crystal_model(crystal, self.plan, dtype=self.dtype, device=self.device)
-        return FrameSimulator(self.plan, model)
+        plan = self.plan if plan is None else plan
+        return FrameSimulator(
+            plan, crystal_model(crystal, plan, dtype=self.dtype, device=self.device)
+        )
 
     def with_settings(self, settings: SimulationConfig) -> PreparedData:
         """The same data set at ``settings`` (its plan taken from those already built, or
@@ -66,7 +71,7 @@ class PreparedData:
             self,
             plan=plan,
             observations=Observations.of(plan),
-            _plans={(settings.model_dump_json(), None): plan},
+            _plans={_key(settings): plan},
         )
 
     def with_dtype(self, dtype: torch.dtype) -> PreparedData:
@@ -75,18 +80,12 @@ class PreparedData:
         if dtype == self.dtype:
             return self
         plan = build_plan(self.dataset, self.settings, dtype=dtype, device=self.device)
-        key = (self.settings.model_dump_json(), None)
-        return dataclasses.replace(self, plan=plan, dtype=dtype, _plans={key: plan})
-
-    def with_crystal(self, crystal: Crystal) -> PreparedData:
-        """The same data and plans with another structure of the same cell (e.g. the other
-        hand)."""
-        return dataclasses.replace(self, crystal=crystal)
+        return dataclasses.replace(self, plan=plan, dtype=dtype, _plans={_key(self.settings): plan})
 
     def plan_for(self, settings: SimulationConfig, frames: np.ndarray | None = None) -> FramePlan:
         """The plan of ``settings`` (restricted to the rows of frame rows ``frames``),
         built on first request and kept."""
-        key = (settings.model_dump_json(), None if frames is None else tuple(np.asarray(frames)))
+        key = _key(settings, frames)
         if key not in self._plans:
             self._plans[key] = build_plan(
                 self.dataset, settings, frames=frames, dtype=self.dtype, device=self.device
@@ -107,5 +106,11 @@ def prepare(
     settings = settings or SimulationConfig()
     in_cell = structure_in_data_cell(crystal, dataset)
     plan = build_plan(dataset, settings, dtype=dtype, device=device)
-    plans = {(settings.model_dump_json(), None): plan}
+    plans = {_key(settings): plan}
     return PreparedData(dataset, in_cell, plan, Observations.of(plan), dtype, device, plans)
+
+
+def _key(settings: SimulationConfig, frames: np.ndarray | None = None) -> tuple:
+    """The key of a plan among those a record keeps: every setting (the simulator reads
+    the solver and absorption from the plan's settings) and the frames it simulates."""
+    return settings.model_dump_json(), None if frames is None else tuple(np.asarray(frames))

@@ -265,10 +265,8 @@ def _absolute_record(model: Refinement, refined: Crystal, start: _Start, say: Sa
 
 def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
     """``report`` with the timings of every stage (the outputs' included), written again."""
-    report = report | {
-        "timings": timings.to_dict(),
-        "wall_time_s": timings.to_dict()["wall_time_s"],
-    }
+    recorded = timings.to_dict()
+    report = report | {"timings": recorded, "wall_time_s": recorded["wall_time_s"]}
     write_text_atomically(path, strict_json.dumps(report, indent=1) + "\n")
     return report
 

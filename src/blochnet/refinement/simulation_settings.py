@@ -32,7 +32,7 @@ import torch
 from blochnet.crystal import Crystal
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.evaluate import score_thicknesses
-from blochnet.experiment.frames import FrameSimulator, crystal_model
+from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, optimal_scales
 from blochnet.experiment.observations import Observations
 from blochnet.experiment.prepared import PreparedData
@@ -179,20 +179,19 @@ def _change(prepared, crystal, coarse, fine, thickness, frames, cache) -> float:
     (None: all), each the mean over thicknesses ``SPREAD`` × ``thickness``. ``cache``
     (settings → intensities) keeps each calculation for the next check: one check's finer
     settings are the next one's coarse settings."""
-    dtype, device = prepared.dtype, prepared.device
+    dtype = prepared.dtype
     values = []
     for config in (coarse, fine):
         key = config.model_dump_json()
         if key not in cache:
-            plan = prepared.plan_for(config, frames)
-            sim = FrameSimulator(plan, crystal_model(crystal, plan, dtype=dtype, device=device))
+            sim = prepared.simulator(crystal, prepared.plan_for(config, frames))
             t = torch.as_tensor(thickness * SPREAD, dtype=dtype, device=sim.model.device)
-            t = t.expand(plan.dataset.n_frames, -1)
+            t = t.expand(sim.dataset.n_frames, -1)
             with torch.no_grad():
                 ic = sim.intensities(
                     sim.model.atom_tensors(), t, weights=torch.full_like(t, 1 / len(SPREAD))
                 )
-            cache[key] = (plan.used_rows, ic)
+            cache[key] = (sim.used_rows, ic)
         values.append(cache[key])
     rows = np.intersect1d(values[0][0], values[1][0])
     if len(rows) == 0:
