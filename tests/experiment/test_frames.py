@@ -354,3 +354,49 @@ def test_integrated_samples_between_frames_blend_their_thickness_and_correction(
     # the per-frame Jacobian structure knows that such rows depend on both frames
     pairs = {tuple(p) for p in simulator.dependencies}
     assert any((r, 0) in pairs and (r, 1) in pairs for r in range(simulator.n_used))
+
+
+@pytest.mark.parametrize(("name", "frames"), [("quartz", 4), ("glycine", 3)])
+def test_forward_mode_jacobian_equals_the_reverse_mode_gradient(name, frames):
+    """Every column of FrameSimulator.jacobian (structure directions and each frame's
+    rotation vector) contracts with a probe vector to the backward pass's gradient:
+    complex (quartz, whole rocking curves blending neighbouring frames) and real
+    (glycine, centrosymmetric; frame rows) structure matrices."""
+    crystal, dataset = _load(name)
+    dataset = _first_frames(dataset, frames)
+    config = SimulationConfig(g_max=1.4, sg_max=0.01, n_tilts=3, selection=SelectionRule(g_max=1.0))
+    simulator = FrameSimulator.build(crystal, dataset, config)
+    assert simulator.n_used > 10
+    atoms = simulator.model.atom_tensors()
+    n_atoms = atoms.xyz.shape[0]
+    gen = torch.Generator().manual_seed(4)
+    tangents = []
+    for k in range(3):  # random changes of coordinates, Uij and occupancies
+        tangents.append(dataclasses.replace(
+            atoms,
+            xyz=torch.randn(n_atoms, 3, generator=gen, dtype=torch.float64) * 1e-2,
+            uij=torch.randn(n_atoms, 6, generator=gen, dtype=torch.float64) * 1e-3 * (k > 0),
+            occupancy=torch.randn(n_atoms, generator=gen, dtype=torch.float64) * (k == 2),
+        ))  # fmt: skip
+    thickness = torch.linspace(200.0, 900.0, 5, dtype=torch.float64).expand(frames, -1)
+    weights = torch.softmax(torch.randn(frames, 5, generator=gen, dtype=torch.float64), -1)
+    turn = torch.randn(frames, 3, generator=gen, dtype=torch.float64) * 1e-3
+    jac = simulator.jacobian(atoms, tangents, thickness, weights, rotations=turn, orientation=True)
+    rotations = turn.clone().requires_grad_(True)
+    leaves = [atoms.xyz, atoms.uij, atoms.occupancy]
+    leaves = [x.clone().requires_grad_(True) for x in leaves]
+    moved = dataclasses.replace(atoms, xyz=leaves[0], uij=leaves[1], occupancy=leaves[2])
+    ic = simulator.intensities(moved, thickness, rotations=rotations, weights=weights)
+    torch.testing.assert_close(jac.intensities, ic.detach(), rtol=1e-12, atol=1e-15)
+    probe = torch.randn(len(ic), generator=gen, dtype=torch.float64)
+    (probe * ic).sum().backward()
+    for k, tangent in enumerate(tangents):
+        reverse = sum(
+            (leaf.grad * change).sum()
+            for leaf, change in zip(leaves, (tangent.xyz, tangent.uij, tangent.occupancy),
+                                    strict=True)
+        )  # fmt: skip
+        torch.testing.assert_close(probe @ jac.structure[:, k], reverse, rtol=1e-9, atol=1e-12)
+    forward_turn = torch.einsum("o,ofc->fc", probe, jac.orientation)
+    torch.testing.assert_close(forward_turn, rotations.grad, rtol=1e-9, atol=1e-12)
+    assert float(rotations.grad.abs().max()) > 0 and float(jac.structure.abs().max()) > 0

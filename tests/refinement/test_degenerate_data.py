@@ -36,9 +36,7 @@ def degenerate():
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
-def test_frames_without_usable_reflections_leave_everything_finite(
-    degenerate, tmp_path, precision
-):
+def test_frames_without_usable_reflections_leave_everything_finite(degenerate, tmp_path, precision):
     crystal, dataset = degenerate
     config = RefineConfig(
         simulation=SIMULATION,

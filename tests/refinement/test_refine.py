@@ -600,3 +600,38 @@ def test_robust_loss_keeps_an_atom_in_place_despite_gross_outliers(synthetic, tm
     least_squares, robust = error(0.0), error(2.385)
     assert least_squares > 0.01  # the outliers do bias least squares
     assert robust < 0.3 * least_squares and robust < 0.005
+
+
+@pytest.mark.parametrize("rocking", ["frame", "integrated"])
+def test_forward_mode_jacobian_equals_the_reverse_mode_one(synthetic, rocking):
+    """Structure and per-frame orientation columns, through the frame scales and the robust
+    loss: the forward-mode Jacobian (one eigendecomposition per orientation) is the
+    reverse-mode one; κ or per-frame thickness parameters leave it to reverse mode."""
+    from blochnet.refinement.gauss_newton import forward_jacobian
+
+    crystal, dataset = synthetic
+    simulation = SIMULATION
+    if rocking == "integrated":
+        simulation = SIMULATION.model_copy(
+            update=dict(rocking="integrated", rocking_step=0.25, rocking_window=0.05)
+        )
+    config = _config(
+        simulation=simulation,
+        thickness=ThicknessConfig(kind="neural-grid", t0=520.0, n_grid=8),
+        learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=1e-3, thickness=1e-3),
+        refine_orientation=True,
+        robust=2.385,
+    )
+    model = refinement_for(_moved(crystal, 0.03), [dataset], config)
+    from blochnet.refinement.engine import parameter_groups
+
+    parameter_groups(model, config.learning_rates.model_dump())
+    with torch.no_grad():
+        model.objectives[0].orientation.rotation.normal_(0, 5e-4)
+    model.update_robust_scale(fresh=True)
+    r_forward, j_forward, _ = forward_jacobian(model)
+    r_reverse, j_reverse, _ = jacobian(model)
+    torch.testing.assert_close(r_forward, r_reverse, rtol=1e-12, atol=1e-12)
+    scale = float(j_reverse.abs().max())
+    torch.testing.assert_close(j_forward, j_reverse, rtol=1e-8, atol=1e-10 * scale)
+    assert forward_jacobian(_lm_model(crystal, dataset)) is None  # per-frame thickness

@@ -25,9 +25,10 @@ from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 
-# one batch's padded matrices hold at most this many elements (complex128: 512 MiB), so
-# that building and solving many large beam sets does not exhaust memory at once
-MAX_BATCH_ELEMENTS = 2**25
+# one batch's padded matrices hold at most this many elements (complex128: 64 MiB), so
+# that building, solving and differentiating many beam sets does not hold every
+# temporary of the whole data set at once (batches of this size lose nothing in speed)
+MAX_BATCH_ELEMENTS = 2**22
 
 
 @dataclass

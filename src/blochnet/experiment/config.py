@@ -81,7 +81,14 @@ class SimulationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     g_max: float = Field(2.0, gt=0, description="largest |g| of a beam in the Bloch matrix [Å⁻¹]")
-    sg_max: float = Field(0.02, gt=0, description="largest |s_g| of a beam [Å⁻¹]")
+    sg_max: float = Field(
+        0.01,
+        gt=0,
+        description=(
+            "largest |s_g| of a beam [Å⁻¹] (the compared reflections are always included); "
+            "the set-up checks the beam set against a finer one and refines it when needed"
+        ),
+    )
     rocking: Literal["auto", "frame", "integrated"] = Field(
         "auto",
         description=(

@@ -103,7 +103,7 @@ _SINGLE_THREAD_BELOW = 256
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _batched_eigensolver(solve, matrix: Tensor):
+def batched_eigensolver(solve, matrix: Tensor):
     """``solve(matrix)`` for a batch of small CPU matrices, split over PyTorch's threads."""
     threads = torch.get_num_threads()
     with _eigensolver_threads(matrix):
@@ -147,18 +147,21 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 class _HermitianPropagation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, matrix, absorptive, thickness, c, incident):
-        values, vectors = _batched_eigensolver(torch.linalg.eigh, matrix)
+        values, vectors = batched_eigensolver(torch.linalg.eigh, matrix)
         z = values.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             z = torch.complex(values, _absorption_eigenvalue_shift(vectors, absorptive))
-        psi, phase = propagate_intensities(vectors, z, vectors, thickness, c, incident)
-        ctx.save_for_backward(psi, phase, vectors, z, thickness, c)
+        psi, _ = propagate_intensities(vectors, z, vectors, thickness, c, incident)
+        # the amplitudes (orient, thick, beam) are recomputed in the backward pass from the
+        # eigendecomposition (one matrix product per orientation) instead of being kept
+        ctx.save_for_backward(vectors, z, thickness, c)
         _remember_inputs(ctx, matrix, absorptive, incident)
         return psi.real**2 + psi.imag**2
 
     @staticmethod
     def backward(ctx, grad_intensity):
-        psi, phase, vectors, z, thickness, c = ctx.saved_tensors
+        vectors, z, thickness, c = ctx.saved_tensors
+        psi, phase = propagate_intensities(vectors, z, vectors, thickness, c, ctx.incident)
         real_matrix = not vectors.is_complex() and not ctx.has_absorption
         grad_x, grad_ct = propagation_backward(
             grad_intensity,
@@ -182,16 +185,17 @@ class _GeneralPropagation(torch.autograd.Function):
         x = matrix.to(_complex_dtype(matrix.dtype))
         if absorptive is not None:
             x = x + 1j * absorptive.to(x.dtype)
-        z, vectors = _batched_eigensolver(torch.linalg.eig, x)
+        z, vectors = batched_eigensolver(torch.linalg.eig, x)
         left = torch.linalg.inv(vectors).mH
-        psi, phase = propagate_intensities(vectors, z, left, thickness, c, incident)
-        ctx.save_for_backward(psi, phase, vectors, z, left, thickness, c)
+        psi, _ = propagate_intensities(vectors, z, left, thickness, c, incident)
+        ctx.save_for_backward(vectors, z, left, thickness, c)
         _remember_inputs(ctx, matrix, absorptive, incident)
         return psi.real**2 + psi.imag**2
 
     @staticmethod
     def backward(ctx, grad_intensity):
-        psi, phase, vectors, z, left, thickness, c = ctx.saved_tensors
+        vectors, z, left, thickness, c = ctx.saved_tensors
+        psi, phase = propagate_intensities(vectors, z, left, thickness, c, ctx.incident)
         grad_x, grad_ct = propagation_backward(
             grad_intensity, psi, phase, vectors, z, left, thickness, c, ctx.incident
         )

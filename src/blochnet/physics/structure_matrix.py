@@ -35,7 +35,8 @@ class BeamBatch:
     hkl : Tensor (orient, beam, 3) int64, zero where padded.
     mask : Tensor (orient, beam) bool, True for real beams.
     differences : Tensor (ref, 3) int64, the distinct g − h over all orientations.
-    difference_index : Tensor (orient, beam, beam) int64 into ``differences``.
+    difference_index : Tensor (orient, beam, beam) into ``differences``: int32 while the
+        differences fit (half the memory of int64), else int64.
     """
 
     hkl: Tensor
@@ -57,6 +58,8 @@ class BeamBatch:
         hkl_t = torch.as_tensor(hkl, device=device)
         mask_t = torch.as_tensor(mask, device=device)
         differences, index = _difference_table(hkl_t)
+        if len(differences) < 2**31:
+            index = index.to(torch.int32)
         return cls(hkl=hkl_t, mask=mask_t, differences=differences, difference_index=index)
 
     @property

@@ -116,6 +116,50 @@ def jacobian(model) -> tuple[Tensor, Tensor, list[_Block]]:
     return r.detach(), torch.stack(columns, dim=1).detach(), blocks
 
 
+def forward_jacobian(model) -> tuple[Tensor, Tensor, list[_Block]] | None:
+    """:func:`jacobian` in forward mode (:meth:`Objective.jacobian`): one
+    eigendecomposition per orientation for every column, the orientation columns of all
+    frames from three directions. None where it does not apply (a refined κ or absorption,
+    a solver other than eigh, per-frame thickness parameters): :func:`jacobian` serves."""
+    blocks = _blocks(model)
+    turns = [b for b in blocks if b.per_frame]
+    n_structure = sum(b.param.numel() for b in blocks if not b.per_frame)
+    owners = [n for n, o in enumerate(model.objectives) if _frame_rotations(o)]
+    rotations = [_frame_rotations(model.objectives[n])[0] for n in owners]
+    if len(turns) != len(rotations) or any(
+        b.param is not p for b, p in zip(turns, rotations, strict=False)
+    ):
+        return None  # per-frame parameters other than free rotations
+    shifts = [p for p in model.structure.shifts()[:4] if p.requires_grad and p.numel()]
+    dense = [b.param for b in blocks if not b.per_frame]
+    if len(dense) != len(shifts) or any(p is not q for p, q in zip(dense, shifts, strict=False)):
+        return None  # κ or a global thickness among the parameters
+    if any(
+        o.simulator.config.solver != "eigh" or o.simulator.config.absorption > 0
+        for o in model.objectives
+    ):
+        return None
+    parts = [o.jacobian(orientation=n in owners) for n, o in enumerate(model.objectives)]
+    rows = np.cumsum([0] + [len(r) for r, _ in parts])
+    structure = torch.cat([jac[:, :n_structure] for _, jac in parts])
+    columns = [structure]
+    for n in owners:  # a data set's frame rotations: zero on the other data sets' rows
+        jac = parts[n][1][:, n_structure:]
+        column = structure.new_zeros(int(rows[-1]), jac.shape[1])
+        column[rows[n] : rows[n + 1]] = jac
+        columns.append(column)
+    return torch.cat([r for r, _ in parts]), torch.cat(columns, dim=1), blocks
+
+
+def _frame_rotations(objective) -> list[Tensor]:
+    """[the (frame, 3) rotation vectors] when the orientation model is one free rotation
+    per frame that the refinement changes, else []."""
+    model = objective.orientation
+    if model is None or not hasattr(model, "rotation") or not model.rotation.requires_grad:
+        return []
+    return model.frame_parameters() if model.frame_parameters() == [model.rotation] else []
+
+
 def _apply(blocks: list[_Block], delta: Tensor) -> None:
     """Add ``delta`` to the parameters, in the column order of :func:`jacobian`."""
     offset = 0
@@ -168,7 +212,7 @@ def levenberg_marquardt(
     small).
     """
     history: list[LMRecord] = []
-    r, jac, blocks = jacobian(model)
+    r, jac, blocks = forward_jacobian(model) or jacobian(model)
     loss = float((r**2).sum())
     for iteration in range(1, iterations + 1):
         normal = jac.T @ jac
@@ -202,5 +246,5 @@ def levenberg_marquardt(
             break
         model.update_robust_scale(fresh=True)  # c follows the fit, fixed within a step
         loss = _loss(model)
-        r, jac, blocks = jacobian(model)
+        r, jac, blocks = forward_jacobian(model) or jacobian(model)
     return history

@@ -35,8 +35,10 @@ import math
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwad
 from torch import Tensor, nn
 
+from blochnet.errors import ConfigurationError
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
 from blochnet.experiment.observations import Observations
@@ -117,6 +119,11 @@ class Objective(nn.Module):
             weights=weights,
             absorption=self.structure.absorption(),
         )
+        return ic, self.scales(ic)
+
+    def scales(self, ic: Tensor) -> Tensor:
+        """(frame,) scales of the calculated intensities ``ic`` (see :meth:`calculated`),
+        differentiable in ``ic``."""
         fit = self.fit
         scales = optimal_scales(
             self.i_obs[fit], self.weight_sigma[fit], ic[fit], self.frame[fit], self.n_frames
@@ -138,7 +145,12 @@ class Objective(nn.Module):
                 self.i_obs, self.weight_sigma, ic.detach(), self.frame, self.n_frames
             )
             scales = torch.where(has_fit, scales, own)
-        return ic, scales
+        return scales
+
+    def residuals_of(self, ic: Tensor) -> Tensor:
+        """(fit,) residuals of the loss (see :meth:`residuals`) for calculated intensities
+        ``ic`` (obs,), differentiable in ``ic``."""
+        return self._robust_form(self._weighted(ic, self.scales(ic)))
 
     def forward(self) -> Tensor:
         """The loss over the fit set: Σ w (Io − k Ic)², or its robust form (module notes)."""
@@ -200,6 +212,34 @@ class Objective(nn.Module):
         """(fit,) residuals of the loss: (Io − k Ic)/σ_w of the fit set, or their robust
         form r̃ (module notes); the loss is their sum of squares."""
         return self._robust_form(self._weighted(*self.calculated()))
+
+    def jacobian(self, *, orientation: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Residuals (fit,) and their derivatives with respect to the structure's refined
+        shifts (fit, parameter) and, with ``orientation``, to every frame's rotation
+        vector (fit, 3·frame; component-major), in forward mode
+        (:meth:`FrameSimulator.jacobian`): the thickness model held at its values.
+        Needs a structure without refined absorption (κ), else a ConfigurationError."""
+        if self.structure.kappa_shift.numel():
+            raise ConfigurationError("forward-mode derivatives do not cover a refined κ")
+        with torch.no_grad():
+            samples, weights = self.thickness()
+            rotations = self.rotations()
+            jac = self.simulator.jacobian(
+                self.structure.atoms(), self.structure.atom_tangents(), samples, weights,
+                rotations=None if rotations is None else rotations.detach(),
+                orientation=orientation,
+            )  # fmt: skip
+        columns = [jac.structure]
+        if orientation:
+            columns.append(jac.orientation.permute(0, 2, 1).reshape(self.simulator.n_used, -1))
+        d_ic = torch.cat(columns, dim=1)
+        residuals = self.residuals_of(jac.intensities).detach()
+        out = torch.empty(len(residuals), d_ic.shape[1], dtype=d_ic.dtype, device=d_ic.device)
+        with torch.no_grad(), fwad.dual_level():
+            for n in range(d_ic.shape[1]):  # through the scales and the robust weights
+                dual = self.residuals_of(fwad.make_dual(jac.intensities, d_ic[:, n]))
+                out[:, n] = fwad.unpack_dual(dual).tangent
+        return residuals, out
 
     def figures_of_merit(self, *, n_parameters: int = 0, subset: str = "fit") -> FiguresOfMerit:
         """R values of the fit set (``"fit"``), the held-out set (``"free"``) or ``"all"``."""

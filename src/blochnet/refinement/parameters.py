@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import torch
+import torch.autograd.forward_ad as fwad
 from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
@@ -126,16 +127,39 @@ class StructureParameters(nn.Module):
 
     def free(self) -> FreeParameters:
         """All free parameters, refined ones shifted."""
+        return self._free_at(self.xyz_shift, self.adp_shift, self.occ_shift, self.charge_shift)
+
+    def _free_at(self, xyz, adp, occupancy, charge) -> FreeParameters:
         return FreeParameters(
-            xyz=self.xyz_start.index_add(0, self.xyz_index, self.xyz_shift),
-            adp=self.adp_start.index_add(0, self.adp_index, self.adp_shift),
-            occupancy=self.occ_start.index_add(0, self.occ_index, self.occ_shift),
-            charge=self.charges() if self.charged else None,
+            xyz=self.xyz_start.index_add(0, self.xyz_index, xyz),
+            adp=self.adp_start.index_add(0, self.adp_index, adp),
+            occupancy=self.occ_start.index_add(0, self.occ_index, occupancy),
+            charge=self.charge_start + self.charge_map @ charge if self.charged else None,
         )
 
     def charges(self) -> Tensor:
         """(atom,) partial charges [e]: the start plus the refined shifts, cell kept neutral."""
         return self.charge_start + self.charge_map @ self.charge_shift
+
+    def atom_tangents(self) -> list[AtomTensors]:
+        """The change of :meth:`atoms` along each refined shift of coordinates, ADPs,
+        occupancies and charges (order of :attr:`names`; groups whose shifts do not
+        require gradients are fixed and left out; κ is not an atom parameter)."""
+        shifts = [p.detach() for p in self.shifts()[:4]]
+        out = []
+        for n, shift in enumerate(shifts):
+            if not self.shifts()[n].requires_grad:
+                continue
+            for k in range(shift.numel()):
+                direction = torch.zeros_like(shift)
+                direction[k] = 1
+                with fwad.dual_level():
+                    dual = list(shifts)
+                    dual[n] = fwad.make_dual(shift, direction)
+                    atoms = self.model.atoms_from_free(self._free_at(*dual))
+                    out.append(AtomTensors(*(_tangent(x) for x in (
+                        atoms.xyz, atoms.uij, atoms.occupancy, atoms.charge))))  # fmt: skip
+        return out
 
     def atoms(self) -> AtomTensors:
         """Asymmetric-unit tensors for the forward model."""
@@ -223,3 +247,11 @@ def atom_selection(text: str | None, labels: list[str]) -> set[str] | None:
 def _element(label: str) -> str:
     letters = "".join(ch for ch in label if ch.isalpha())
     return letters[:2] if len(letters) > 1 and letters[1].islower() else letters[:1]
+
+
+def _tangent(value: Tensor | None) -> Tensor | None:
+    """The tangent of a dual tensor (zeros where it has none); None stays None."""
+    if value is None:
+        return None
+    tangent = fwad.unpack_dual(value).tangent
+    return torch.zeros_like(fwad.unpack_dual(value).primal) if tangent is None else tangent

@@ -63,6 +63,7 @@ class _Start:
     data: list[PreparedData]
     starts: list[float] | None
     scans: list[dict]  # thickness scans made to choose them (ThicknessScan records)
+    first: SimulationConfig | None = None  # settings of the first epochs (None: the same)
 
 
 def refine(
@@ -154,8 +155,19 @@ def _chosen(data: list[PreparedData], config: RefineConfig, say: Say, timings: T
         for line in setup.lines:
             _say(say, line)
         data, starts, scans = setup.data, setup.t0, scans + setup.scans
+        first = _first_settings(config.simulation, setup.simulation)
         config = config.model_copy(update={"simulation": setup.simulation})
+        return _Start(crystal, hand, config, data, starts, scans, first)
     return _Start(crystal, hand, config, data, starts, scans)
+
+
+def _first_settings(given: SimulationConfig, chosen: SimulationConfig) -> SimulationConfig | None:
+    """The settings of the first epochs when the set-up refined the beam set: the chosen
+    ones with the beams it started from (the rows compared stay the same), else None."""
+    beams = {"g_max": given.g_max, "sg_max": given.sg_max}
+    if beams == {"g_max": chosen.g_max, "sg_max": chosen.sg_max}:
+        return None
+    return chosen.model_copy(update=beams)
 
 
 def _saved_start(out: Path) -> dict | None:
@@ -172,6 +184,9 @@ def _saved_start(out: Path) -> dict | None:
         "hand": AbsoluteStructure.from_dict(
             saved.get("absolute_structure", {"mode": "given", "inverted": False})
         ),
+        "first": None
+        if saved.get("first_epochs_simulation") is None
+        else SimulationConfig.model_validate(saved["first_epochs_simulation"]),
     }
 
 
@@ -180,7 +195,7 @@ def _resumed(data: list[PreparedData], config: RefineConfig, saved: dict) -> _St
     hand = saved["hand"]
     crystal = data[0].crystal.inverted() if hand.inverted else data[0].crystal
     config = config.model_copy(update={"simulation": saved["simulation"]})
-    return _Start(crystal, hand, config, data, saved["starts"], saved["scans"])
+    return _Start(crystal, hand, config, data, saved["starts"], saved["scans"], saved["first"])
 
 
 def _write_start(path: Path, start: _Start) -> None:
@@ -188,6 +203,9 @@ def _write_start(path: Path, start: _Start) -> None:
         "starting_thickness": start.starts,
         "absolute_structure": start.hand.to_dict(),
         "thickness_scan": start.scans,
+        "first_epochs_simulation": None
+        if start.first is None
+        else json.loads(start.first.model_dump_json()),
     }
     write_text_atomically(path, strict_json.dumps(record, indent=1) + "\n")
 
@@ -195,25 +213,48 @@ def _write_start(path: Path, start: _Start) -> None:
 def _optimise(
     model: Refinement, start: _Start, out: Path, resume: bool, report, lm_report
 ) -> tuple[Refinement, list[EpochRecord]]:
-    """Adam (or L-BFGS) over every group, then Levenberg–Marquardt when configured; with
-    mixed precision the last epochs (and every stage after them) run in float64 on a
-    float64 copy of the model, which is returned (``start.data`` then holds float64 data)."""
+    """Adam (or L-BFGS) over every group, then Levenberg–Marquardt when configured.
+
+    The epochs run in two phases where the configuration asks for a cheaper start: with
+    mixed precision the first ones in float32, and when the set-up refined the beam set
+    the first ones with the beams it started from (``start.first``); the last
+    ``final_float64_epochs`` / ``final_converged_epochs`` (the larger where both apply) and
+    every stage after them run on a float64 model at the chosen settings, which is returned
+    (``start.data`` then holds that data)."""
     config = start.config
     checkpoint = out / "checkpoint.pt"
-    if config.precision != "mixed":
+    mixed = config.precision == "mixed"
+    final = max(
+        config.final_float64_epochs if mixed else 0,
+        config.final_converged_epochs if start.first is not None else 0,
+    )
+    first = max(config.epochs - final, 0)
+    if not (mixed or start.first is not None) or not first:
         history = _adam(model, config, checkpoint, resume, report, epochs=config.epochs)
     else:
-        first = max(config.epochs - config.final_float64_epochs, 0)
         history = []
-        if first and not (resume and _epochs_done(checkpoint) >= first):
-            history = _adam(model, config, checkpoint, resume, report, epochs=first)
-        start.data = [d.with_dtype(torch.float64) for d in start.data]
-        final = build_refinement(start.data, config, crystal=start.crystal, starts=start.starts)
-        final.load_state_dict(model.state_dict())  # float32 values, cast to float64
-        model, resume = final, resume or bool(history)
-        epochs = (len(history) if history else first) + config.final_float64_epochs
-        # every one of the float64 epochs runs (no stop on the float32 epochs' convergence)
-        history = _adam(model, config, checkpoint, resume, report, epochs=epochs, tolerance=0.0)
+        if not (resume and _epochs_done(checkpoint) >= first):
+            early = model
+            if start.first is not None:
+                early_data = [d.with_settings(start.first) for d in start.data]
+                early = build_refinement(
+                    early_data, config, crystal=start.crystal, starts=start.starts
+                )
+            history = _adam(early, config, checkpoint, resume, report, epochs=first)
+            model.load_state_dict(early.state_dict())
+            del early
+        if model.structure.model.dtype != torch.float64:
+            start.data = [d.with_dtype(torch.float64) for d in start.data]
+            final_model = build_refinement(
+                start.data, config, crystal=start.crystal, starts=start.starts
+            )
+            final_model.load_state_dict(model.state_dict())  # float32 values, cast
+            model = final_model
+        resume = resume or bool(history)
+        # every one of the final epochs runs (no stop on the first epochs' convergence)
+        history = _adam(
+            model, config, checkpoint, resume, report, epochs=first + final, tolerance=0.0
+        )
     if config.lm_iterations:
         levenberg_marquardt(model, iterations=config.lm_iterations, report=lm_report)
     return model, history

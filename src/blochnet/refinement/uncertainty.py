@@ -7,10 +7,13 @@ scales k, eliminated in closed form, are differentiated through), GoF² = Σ r²
 The s.u. are conditional on the other refined quantities (thickness model, orientations)
 held at their refined values.
 
-J is computed by automatic differentiation without one backward pass per residual: the
+J is computed in forward mode where the simulation allows (the eigh solver without
+absorption, :meth:`~blochnet.refinement.objective.Objective.jacobian`): one
+eigendecomposition per orientation serves every column, orientations are taken in chunks
+and nothing is kept for a backward pass, so time and memory stay those of a few forward
+passes. Otherwise by reverse mode without one backward pass per residual: the
 vector–Jacobian product g(u) = Jᵀ u is built once with a differentiable graph, and each
-column J e_k = ∂(e_k · g)/∂u costs one backward pass through that graph — one per
-parameter, with no new eigendecomposition.
+column J e_k = ∂(e_k · g)/∂u costs one backward pass through that graph.
 
 The s.u. are propagated linearly through the site-symmetry maps to x, y, z and Uij, to
 Ueq = tr(U_cart)/3, and through the neutrality constraint to every refined charge.
@@ -49,6 +52,25 @@ def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tens
     return r.detach(), torch.stack(columns, dim=1).detach()
 
 
+def structure_jacobian(model, active: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Residuals r (n,) of every data set and J = ∂r/∂p (n, P) over the refined structure
+    shifts ``active``: in forward mode (one eigendecomposition per orientation for all
+    columns, no graph kept; :meth:`Objective.jacobian`) where it applies (eigh, no
+    absorption), else by reverse mode (:func:`residual_jacobian`)."""
+    forward = all(
+        o.simulator.config.solver == "eigh" and o.simulator.config.absorption == 0
+        for o in model.objectives
+    ) and not any(p is model.structure.kappa_shift for p in active)
+    if forward:
+        parts = [o.jacobian(orientation=False) for o in model.objectives]
+        return torch.cat([r for r, _ in parts]), torch.cat([j for _, j in parts])
+
+    def residuals():
+        return torch.cat([objective.residuals() for objective in model.objectives])
+
+    return residual_jacobian(residuals, active)
+
+
 def structure_uncertainties(model, *, n_parameters: int) -> dict:
     """s.u. of the refined structure parameters of a :class:`~blochnet.refinement.model.Refinement`.
 
@@ -64,10 +86,7 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
     params = list(structure.shifts())
     active = [p for p in params if p.requires_grad and p.numel()]
 
-    def residuals():
-        return torch.cat([objective.residuals() for objective in model.objectives])
-
-    r, jac = residual_jacobian(residuals, active)
+    r, jac = structure_jacobian(model, active)
     gof2 = float((r**2).sum()) / max(len(r) - n_parameters, 1)
     normal = jac.T @ jac
     cov_active = torch.linalg.pinv(normal, hermitian=True) * gof2
