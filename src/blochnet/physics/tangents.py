@@ -73,27 +73,40 @@ def weighted_intensity_tangents(
     q = weighted @ phase
     q_tau = weighted @ (1j * tau[:, :, None].to(cdt) * phase)
     vq, vq_tau = v * q, v * q_tau
-    m = v.mH[None] @ matrix_tangents.to(cdt) @ v[None]  # M = Vᴴ Ȧ V (d, o, m, m)
+    # the direction-dependent products (the O(N³) work) in real arithmetic for a real
+    # symmetric A (centrosymmetric structures): real V, Ȧ, M and K
+    work = vectors if not vectors.is_complex() and not matrix_tangents.is_complex() else v
+    bw = work[:, incident, :].conj()
+    m = work.mH[None] @ matrix_tangents.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
     dz = values[:, :, None] - values[:, None, :]  # λ_i − λ_j
     near = dz.abs() * tau.abs().amax(1)[:, None, None] < NEAR
-    k = torch.where(near, torch.zeros((), dtype=cdt, device=m.device), m / dz.to(cdt))
+    k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
     # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
     # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
-    total = (vq[None] @ (k @ b[None, :, :, None]))[..., 0]
-    total = total - ((v[None] @ k) * (b[:, None, :] * q)[None]).sum(-1)
-    diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * b[None]
+    total = _mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
+    vk, bq = work[None] @ k, b[:, None, :] * q
+    total = total - (torch.complex((vk * bq.real).sum(-1), (vk * bq.imag).sum(-1))
+                     if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
+    diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
     if c_tangents is not None:
-        diagonal = diagonal + (c_tangents / c)[..., None].to(cdt) * (values * b)[None]
-    total = total + (vq_tau[None] @ diagonal[..., None])[..., 0]
+        diagonal = diagonal + (c_tangents / c)[..., None].to(m.dtype) * (values * bw)[None]
+    total = total + _mixed(vq_tau[None], diagonal[..., None])[..., 0]
     off_diagonal = ~torch.eye(dz.shape[-1], dtype=torch.bool, device=dz.device)
     o, i, j = (near & off_diagonal).nonzero(as_tuple=True)
     if len(o):  # nearly degenerate pairs i ≠ j: F_ij = i c t E_i φ(i c t (λ_j − λ_i))
         x = 1j * (tau[o] * (values[o, j] - values[o, i])[:, None]).to(cdt)  # (pair, t)
         f = 1j * tau[o].to(cdt) * phase[o, :, i] * _phi(x)  # (pair, t)
         r = (weighted[o] @ f[:, :, None])[..., 0] * v[o, :, i]  # (pair, beam)
-        coefficient = m[:, o, i, j] * b[o, j][None]  # (d, pair)
+        coefficient = (m[:, o, i, j] * bw[o, j][None]).to(cdt)  # (d, pair)
         total = total.index_add(1, o, coefficient[:, :, None] * r[None])
     return intensity, 2 * total.real
+
+
+def _mixed(x: Tensor, y: Tensor) -> Tensor:
+    """x @ y for complex x and real or complex y (two real products for a real y)."""
+    if y.is_complex():
+        return x @ y
+    return torch.complex(x.real @ y, x.imag @ y)
 
 
 def _phi(x: Tensor) -> Tensor:
