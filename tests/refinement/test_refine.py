@@ -635,3 +635,33 @@ def test_forward_mode_jacobian_equals_the_reverse_mode_one(synthetic, rocking):
     scale = float(j_reverse.abs().max())
     torch.testing.assert_close(j_forward, j_reverse, rtol=1e-8, atol=1e-10 * scale)
     assert forward_jacobian(_lm_model(crystal, dataset)) is None  # per-frame thickness
+
+
+def test_gauss_newton_steps_end_on_the_shift_over_su_test(synthetic):
+    """From a structure near the minimum (O1 displaced by 0.005 Å: where Adam leaves a
+    refinement), Gauss–Newton steps on the structure reach max |shift|/s.u. < 0.01 (each
+    recorded), lower the objective and bring O1 back."""
+    from blochnet.refinement.uncertainty import converge_structure
+
+    crystal, dataset = synthetic
+    config = _config(learning_rates=LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0,
+                                                  thickness=0.0))  # fmt: skip
+    model = refinement_for(_moved(crystal, 0.005), [dataset], config)
+    from blochnet.refinement.engine import parameter_groups
+
+    parameter_groups(model, config.learning_rates.model_dump())
+    model.update_robust_scale(fresh=True)
+    with torch.no_grad():
+        before = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+    lines = []
+    su, record = converge_structure(
+        model, n_parameters=count_parameters(model), max_steps=8, say=lines.append
+    )
+    assert record["converged"] and record["max_shift_su"][-1] < 0.01
+    assert record["max_shift_su"][0] > 1  # the displaced start was far from converged
+    assert 1 <= record["steps"] == len(record["max_shift_su"]) - 1 == len(lines) - 1
+    with torch.no_grad():
+        after = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+    assert after < before
+    assert _distance(crystal, refined_crystal(model.structure, su), crystal) < 0.002
+    assert np.max(su["shift_over_su"]) == record["max_shift_su"][-1]

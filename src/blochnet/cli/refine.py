@@ -146,6 +146,14 @@ def _summary(r: dict, out: Path, settings, timings) -> str:
         if w["delta_over_sigma"] is not None
     )
     merged = r.get("merged") or {}
+    test = r.get("convergence")
+    converged = []
+    if test:
+        state = "converged" if test["converged"] else "not converged"
+        converged = [
+            f"{state}: max |shift|/s.u. {test['max_shift_su'][-1]:.3f} (limit "
+            f"{test['limit']:g}) after {test['steps']} Gauss–Newton steps"
+        ]
     files = ("report.json", "refined.cif", "reflections.csv", "reflections.fcf", "merged.csv",
              "difference_map.ccp4", "state.json", "observations.csv", "thickness.csv")  # fmt: skip
     written = ", ".join(
@@ -155,6 +163,7 @@ def _summary(r: dict, out: Path, settings, timings) -> str:
         f"R1(obs) {100 * r['r_obs']:.2f} % pooled over {r['n_obs']} obs / "
         f"{100 * r['r_obs_frame_mean']:.2f} % frame mean; wR2 {100 * r['wr2']:.2f} %; "
         f"{r['n_parameters']} parameters; {r['wall_time_s']:.0f} s{absolute}",
+        *converged,
         timings.summary(),
         *([f"partial charges (e): {charges}"] if charges else []),
         *([f"most disagreeable (Io − Ic)/σ: {listed}"] if listed else []),

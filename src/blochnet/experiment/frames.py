@@ -285,7 +285,7 @@ class FrameSimulator:
                 a_dots.append(fwad.unpack_dual(a_dual).tangent)
                 c_dots.append(_tangent_or_zero(c_dual, c))
         if turn:
-            base = torch.zeros_like(thickness[:, :3]) if rotations is None else rotations
+            base = thickness.new_zeros(thickness.shape[0], 3) if rotations is None else rotations
             for component in range(3):
                 direction = torch.zeros_like(base)
                 direction[:, component] = 1

@@ -40,7 +40,7 @@ from blochnet.refinement.model import Refinement, build_refinement
 from blochnet.refinement.report import count_parameters, refined_crystal, write_report
 from blochnet.refinement.simulation_settings import choose_settings
 from blochnet.refinement.timings import Timings
-from blochnet.refinement.uncertainty import structure_uncertainties
+from blochnet.refinement.uncertainty import converge_structure, structure_uncertainties
 
 Say = Callable[[str], None] | None
 
@@ -123,7 +123,7 @@ def refine(
     for part in ("forward", "backward"):  # (nan for epochs of a run resumed from an old version)
         timings.add(f"epochs: {part}", float(np.nansum([getattr(h, f"{part}_s") for h in history])))
     with timings.stage("s.u."):
-        su = _uncertainties(model, stage_report)
+        su = _uncertainties(model, start.config, stage_report)
     refined = refined_crystal(model.structure, su)
     with timings.stage("inverse"):
         absolute = _absolute_record(model, refined, start, stage_report)
@@ -281,15 +281,24 @@ def _epochs_done(checkpoint: Path) -> int:
     return len(torch.load(checkpoint, weights_only=False).get("history", []))
 
 
-def _uncertainties(model: Refinement, say: Say) -> dict | None:
-    """s.u. of the refined structure parameters (None when none is refined)."""
+def _uncertainties(model: Refinement, config: RefineConfig, say: Say) -> dict | None:
+    """s.u. of the refined structure parameters (None when none is refined), after
+    Gauss–Newton steps until the convergence test holds (``config.convergence``)."""
     free = [p for p in model.structure.shifts() if p.requires_grad]
     if not any(p.numel() for p in free):
         return None
     _say(say, f"standard uncertainties: Jacobian of {sum(p.numel() for p in free)} structure "
               "parameters")  # fmt: skip
     tick = time.perf_counter()
-    su = structure_uncertainties(model, n_parameters=count_parameters(model))
+    n = count_parameters(model)
+    if config.convergence > 0:
+        su, record = converge_structure(
+            model, n_parameters=n, limit=config.convergence,
+            max_steps=config.convergence_steps, say=say,
+        )  # fmt: skip
+        su["convergence"] = record
+    else:
+        su = structure_uncertainties(model, n_parameters=n)
     _say(say, f"standard uncertainties done ({time.perf_counter() - tick:.0f} s)")
     return su
 

@@ -118,6 +118,7 @@ def write_report(
         "history": [asdict(h) for h in history],
         "standard_uncertainties": "from (JᵀJ)⁻¹·GoF² of the structure parameters, "
         "conditional on the refined thickness model and orientations",
+        "convergence": (su or {}).get("convergence"),
         "wall_time_s": wall_time,
         "thickness_scan": thickness_scan or [],
         "figure": FIGURE if config.plot and matplotlib_available() else None,
