@@ -659,8 +659,7 @@ def test_gauss_newton_steps_end_on_the_shift_over_su_test(synthetic):
     )
     assert record["converged"] and record["max_shift_su"][-1] < 0.01
     assert record["max_shift_su"][0] > 1  # the displaced start was far from converged
-    assert 1 <= record["steps"] == len(record["max_shift_su"]) - 1 <= len(lines) - 1
-    assert 1 <= record["jacobians"] <= 3
+    assert 1 <= record["steps"] == len(record["max_shift_su"]) - 1 == len(lines) - 1
     with torch.no_grad():
         after = float(sum((o.residuals() ** 2).sum() for o in model.objectives))
     assert after < before

@@ -96,11 +96,10 @@ class RefineConfig(BaseModel):
         description=(
             "after the epochs, Gauss–Newton steps on the structure parameters until the "
             "largest |shift|/s.u. of the next step is below this (least squares' "
-            "convergence test; one Jacobian, the s.u.'s, then one simulation per step); "
-            "0: none"
+            "convergence test; each step costs one s.u. Jacobian); 0: none"
         ),
     )
-    convergence_steps: int = Field(10, ge=0, description="at most this many of those steps")
+    convergence_steps: int = Field(3, ge=0, description="at most this many of those steps")
     refine_xyz: str = "all"
     refine_adp: str = "all"
     refine_occupancy: str = "none"

@@ -299,7 +299,6 @@ def _uncertainties(model: Refinement, config: RefineConfig, say: Say) -> dict | 
         su["convergence"] = record
     else:
         su = structure_uncertainties(model, n_parameters=n)
-        su.pop("least_squares")
     _say(say, f"standard uncertainties done ({time.perf_counter() - tick:.0f} s)")
     return su
 

@@ -107,81 +107,65 @@ def structure_uncertainties(model, *, n_parameters: int) -> dict:
     return _propagate(structure, full, sizes) | {
         "gof": gof2**0.5,
         "shift_over_su": ratio.detach().cpu().numpy(),
-        # what the convergence test reuses: J, r, (JᵀJ)⁺ and σ of the refined shifts
-        "least_squares": (jac, r, cov_active / gof2 if gof2 > 0 else cov_active, su_active),
+        "gauss_newton_step": (-step).detach(),
     }
 
 
 def converge_structure(
-    model,
-    *,
-    n_parameters: int,
-    limit: float = 0.01,
-    max_steps: int = 10,
-    max_jacobians: int = 3,
-    say=None,
+    model, *, n_parameters: int, limit: float = 0.01, max_steps: int = 3, say=None
 ) -> tuple[dict, dict]:
     """Gauss–Newton steps on the structure parameters until the largest |shift|/s.u. of the
     step the refined state would still take is below ``limit`` (the convergence test of
-    least squares, SHELXL's "Max. shift/esd"), at most ``max_steps``; returns the s.u.
-    (:func:`structure_uncertainties`) and a record of the test.
+    least squares, SHELXL's "Max. shift/esd"), at most ``max_steps``; returns the s.u. of
+    the final state (:func:`structure_uncertainties`, whose Jacobian also gives the step)
+    and a record of the test.
 
-    One Jacobian serves the steps (the chord method: each further step costs one
-    evaluation of the residuals, not a Jacobian) until a step no longer lowers the
-    objective (halved up to three times); then a new one is built (at most
-    ``max_jacobians`` in all). The s.u. are those of the last matrix built, as
-    least-squares programs report them. The thickness model, the orientations and the
-    robust loss's scale stay as refined.
+    A step is taken only when it lowers the objective (else halved, up to three times);
+    the thickness model and the orientations stay as refined, as for the s.u.
     """
     active = [p for p in model.structure.shifts() if p.requires_grad and p.numel()]
-    sizes = [p.numel() for p in active]
-    su = structure_uncertainties(model, n_parameters=n_parameters)
-    jac, r, normal_inverse, sigma = su.pop("least_squares")
-    jacobians = 1
-
-    def residuals() -> Tensor:
-        with torch.no_grad():
-            return torch.cat([o.residuals() for o in model.objectives])
-
-    def move(delta: Tensor) -> None:
-        with torch.no_grad():
-            for p, part in zip(active, delta.split(sizes), strict=True):
-                p.add_(part.reshape(p.shape).to(p.dtype))
-
-    steps, history, loss = 0, [], float((r**2).sum())
+    steps, history = 0, []
     while True:
-        delta = -(normal_inverse @ (jac.T @ r))
-        ratio = torch.where(sigma > 0, delta.abs() / sigma, torch.zeros_like(delta))
-        history.append(float(ratio.max()) if len(ratio) else 0.0)
+        su = structure_uncertainties(model, n_parameters=n_parameters)
+        largest = float(np.max(su["shift_over_su"], initial=0.0))
+        history.append(largest)
         if say is not None:
-            say(f"convergence: max |shift|/s.u. {history[-1]:.3f} after {steps} "
-                "Gauss–Newton steps")  # fmt: skip
-        if history[-1] < limit or steps == max_steps:
+            say(f"convergence: max |shift|/s.u. {largest:.3f} after {steps} Gauss–Newton steps")
+        if largest < limit or steps == max_steps or not _step(model, active, su):
             break
-        applied = torch.zeros_like(delta)
-        for fraction in (1.0, 0.5, 0.25, 0.125):
-            move(fraction * delta - applied)
-            applied = fraction * delta
-            trial = residuals()
-            if float((trial**2).sum()) < loss:
-                break
-        else:
-            move(-applied)
-            if jacobians == max_jacobians:
-                break  # no fraction of the step lowers the objective
-            # the matrix of an earlier state no longer points downhill: a new one
-            su = structure_uncertainties(model, n_parameters=n_parameters)
-            jac, r, normal_inverse, sigma = su.pop("least_squares")
-            jacobians += 1
-            history.pop()
-            continue
-        model.structure.keep_adps_positive_definite()
-        r = residuals()
-        loss, steps = float((r**2).sum()), steps + 1
-    su["shift_over_su"] = ratio.detach().cpu().numpy()
-    record = {"limit": limit, "steps": steps, "jacobians": jacobians, "max_shift_su": history,
+        steps += 1
+    record = {"limit": limit, "steps": steps, "max_shift_su": history,
               "converged": bool(history[-1] < limit)}  # fmt: skip
     return su, record
+
+
+def _step(model, active: list[Tensor], su: dict) -> bool:
+    """Apply the Gauss–Newton step of ``su`` to ``active`` when it lowers the objective
+    (halving it up to three times); False when no fraction of it does."""
+    delta = su["gauss_newton_step"]
+    sizes = [p.numel() for p in active]
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(sum((o.residuals() ** 2).sum() for o in model.objectives))
+
+    def move(scale: float) -> None:
+        with torch.no_grad():
+            for p, part in zip(active, delta.split(sizes), strict=True):
+                p.add_(scale * part.reshape(p.shape).to(p.dtype))
+
+    before = loss()
+    fraction, applied = 1.0, 0.0
+    for _ in range(4):
+        move(fraction - applied)
+        applied = fraction
+        if loss() < before:
+            model.structure.keep_adps_positive_definite()
+            model.update_robust_scale(fresh=True)
+            return True
+        fraction /= 2
+    move(-applied)
+    return False
 
 
 def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
