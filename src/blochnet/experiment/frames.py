@@ -212,7 +212,6 @@ class FrameSimulator:
                 "forward-mode derivatives need the eigh solver without absorption"
             )
         model = self.model
-        n_dir = len(atom_tangents) + (3 if orientation else 0)
         n_frames = thickness.shape[0]
         dtype, device = model.dtype, model.device
         ic = torch.zeros(self.n_used, dtype=dtype, device=device)
@@ -222,11 +221,11 @@ class FrameSimulator:
         with torch.no_grad():
             for group in self.groups:
                 potentials = self._potential_tangents(group, atoms, atom_tangents)
-                for part in _chunks(group, n_dir, thickness.shape[1]):
-                    a, a_dot, c_dot, t, w, c = self._tangent_inputs(
+                for part in _chunks(group, thickness.shape[1]):
+                    a, blocks, t, w, c = self._tangent_inputs(
                         part, potentials, thickness, weights, rotations, orientation
                     )
-                    intensity, tangent = weighted_intensity_tangents(a, t, c, w, a_dot, c_dot)
+                    intensity, tangent = weighted_intensity_tangents(a, t, c, w, blocks)
                     pick = (part.obs_orient, part.obs_beam)
                     ic.index_add_(0, part.obs_row, intensity[pick] * part.obs_weight)
                     d = tangent[:, pick[0], pick[1]] * part.obs_weight  # (direction, m)
@@ -261,9 +260,10 @@ class FrameSimulator:
         return out
 
     def _tangent_inputs(self, group, potentials, thickness, weights, rotations, turn):
-        """Structure matrix, its tangents (direction, orient, beam, beam), the c tangents
-        and the per-orientation thicknesses, weights and c of one batch; ``potentials``
-        from :meth:`_potential_tangents`."""
+        """Structure matrix, a callable giving its tangents and those of c in blocks of
+        directions (:func:`weighted_intensity_tangents`), and the per-orientation
+        thicknesses, weights and c of one batch; ``potentials`` from
+        :meth:`_potential_tangents`."""
         model, batch = self.model, group.batch
         g = model.g_vectors(batch.hkl)
 
@@ -277,27 +277,38 @@ class FrameSimulator:
 
         (u, k, u0), changes = potentials[0], potentials[1:]
         a, c = matrix(u, k, u0, rotations)
-        a_dots, c_dots = [], []
-        for du, dk, du0 in changes:
-            with fwad.dual_level():
-                dual = [fwad.make_dual(x, dx) for x, dx in ((u, du), (k, dk), (u0, du0))]
-                a_dual, c_dual = matrix(*dual, rotations)
-                a_dots.append(fwad.unpack_dual(a_dual).tangent)
-                c_dots.append(_tangent_or_zero(c_dual, c))
-        if turn:
-            base = thickness.new_zeros(thickness.shape[0], 3) if rotations is None else rotations
-            for component in range(3):
-                direction = torch.zeros_like(base)
-                direction[:, component] = 1
-                with fwad.dual_level():
-                    a_dual, _ = matrix(u, k, u0, fwad.make_dual(base, direction))
-                    a_dots.append(fwad.unpack_dual(a_dual).tangent)
-                    c_dots.append(torch.zeros_like(c))
         n = a.shape[0]
-        c_dot = torch.stack([torch.as_tensor(x).expand(n) for x in c_dots])
+
+        def one(du, dk, du0, rotation_direction):
+            """(Ȧ, ċ) along one direction (a change of U, |K|, U₀, or of a rotation)."""
+            with fwad.dual_level():
+                dual = [x if dx is None else fwad.make_dual(x, dx)
+                        for x, dx in ((u, du), (k, dk), (u0, du0))]  # fmt: skip
+                turned = rotations
+                if rotation_direction is not None:
+                    base = thickness.new_zeros(thickness.shape[0], 3)
+                    turned = fwad.make_dual(base if rotations is None else rotations,
+                                            rotation_direction)  # fmt: skip
+                a_dual, c_dual = matrix(*dual, turned)
+                return fwad.unpack_dual(a_dual).tangent, _tangent_or_zero(c_dual, c)
+
+        directions = [(du, dk, du0, None) for du, dk, du0 in changes]
+        if turn:
+            for component in range(3):
+                direction = thickness.new_zeros(thickness.shape[0], 3)
+                direction[:, component] = 1
+                directions.append((None, None, None, direction))
+        size = max(1, _TANGENT_ELEMENTS // (4 * a.shape[0] * a.shape[-1] ** 2))
+
+        def blocks():
+            for start in range(0, len(directions), size):
+                parts = [one(*d) for d in directions[start : start + size]]
+                yield (torch.stack([x for x, _ in parts]),
+                       torch.stack([torch.as_tensor(y).expand(n) for _, y in parts]))  # fmt: skip
+
         t = _per_orientation(thickness, group)
         w = _per_orientation(weights, group)
-        return a, torch.stack(a_dots), c_dot, t, w, torch.as_tensor(c).expand(n)
+        return a, blocks, t, w, torch.as_tensor(c).expand(n)
 
 
 def crystal_model(
@@ -345,16 +356,19 @@ class IntensityJacobian:
     orientation: Tensor
 
 
-# directions × orientations × samples × beams of the complex tangent arrays of one chunk
-_TANGENT_ELEMENTS = 2**22
+# elements of the arrays of one chunk: orientations × beams² × 4 for each block of
+# directions (Ȧ, VᴴȦV, its divided differences and V·K), orientations × samples × beams
+# for the thickness sums
+_TANGENT_ELEMENTS = 2**23
 
 
-def _chunks(group, n_directions: int, n_samples: int):
-    """``group`` as pieces whose tangent arrays stay below ``_TANGENT_ELEMENTS`` elements
-    (the group itself when it is small enough)."""
+def _chunks(group, n_samples: int):
+    """``group`` as pieces of at most 512 orientations whose arrays stay below
+    ``_TANGENT_ELEMENTS`` elements for one direction (the group itself when it is small
+    enough); directions are then taken in blocks that fit."""
     n_orient, n_beam = group.batch.mask.shape
-    per_orientation = max(n_directions, 1) * n_samples * n_beam + n_directions * n_beam**2
-    size = max(1, _TANGENT_ELEMENTS // per_orientation)
+    per_orientation = 4 * n_beam**2 + 4 * n_samples * n_beam
+    size = max(1, min(512, _TANGENT_ELEMENTS // per_orientation))
     if size >= n_orient:
         yield group
         return

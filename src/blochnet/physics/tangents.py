@@ -23,6 +23,7 @@ pass, so a whole Jacobian of a few tens of parameters costs a few forward passes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Shaped
@@ -39,7 +40,7 @@ def weighted_intensity_tangents(
     thickness: Float[Tensor, "orient thick"],
     c: Float[Tensor, " orient"],
     weights: Float[Tensor, "orient thick"],
-    matrix_tangents: Shaped[Tensor, "direction orient beam beam"],
+    matrix_tangents: Shaped[Tensor, "direction orient beam beam"] | Callable,
     c_tangents: Float[Tensor, "direction orient"] | None = None,
     *,
     incident: int = 0,
@@ -51,8 +52,11 @@ def weighted_intensity_tangents(
     matrix : the Hermitian structure matrix A (decomposed here, once).
     thickness : (orient, thick) [Å]; ``c`` : (orient,) π/K_n [Å].
     weights : (orient, thick) weights of the thickness samples.
-    matrix_tangents : (direction, orient, beam, beam) Ȧ, one per direction.
-    c_tangents : (direction, orient) ċ, or None where c does not change.
+    matrix_tangents : (direction, orient, beam, beam) Ȧ, one per direction; or a callable
+        returning an iterable of (Ȧ, ċ) blocks of directions (ċ may be None), so that
+        the tangents of many directions never exist at once.
+    c_tangents : (direction, orient) ċ, or None where c does not change (with a tensor
+        ``matrix_tangents``).
     incident : index of the incident beam.
 
     Returns
@@ -73,33 +77,39 @@ def weighted_intensity_tangents(
     q = weighted @ phase
     q_tau = weighted @ (1j * tau[:, :, None].to(cdt) * phase)
     vq, vq_tau = v * q, v * q_tau
-    # the direction-dependent products (the O(N³) work) in real arithmetic for a real
-    # symmetric A (centrosymmetric structures): real V, Ȧ, M and K
-    work = vectors if not vectors.is_complex() and not matrix_tangents.is_complex() else v
-    bw = work[:, incident, :].conj()
-    m = work.mH[None] @ matrix_tangents.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
     dz = values[:, :, None] - values[:, None, :]  # λ_i − λ_j
     near = dz.abs() * tau.abs().amax(1)[:, None, None] < NEAR
-    k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
-    # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
-    # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
-    total = _mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
-    vk, bq = work[None] @ k, b[:, None, :] * q
-    total = total - (torch.complex((vk * bq.real).sum(-1), (vk * bq.imag).sum(-1))
-                     if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
-    diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
-    if c_tangents is not None:
-        diagonal = diagonal + (c_tangents / c)[..., None].to(m.dtype) * (values * bw)[None]
-    total = total + _mixed(vq_tau[None], diagonal[..., None])[..., 0]
     off_diagonal = ~torch.eye(dz.shape[-1], dtype=torch.bool, device=dz.device)
     o, i, j = (near & off_diagonal).nonzero(as_tuple=True)
+    r_near = None
     if len(o):  # nearly degenerate pairs i ≠ j: F_ij = i c t E_i φ(i c t (λ_j − λ_i))
         x = 1j * (tau[o] * (values[o, j] - values[o, i])[:, None]).to(cdt)  # (pair, t)
         f = 1j * tau[o].to(cdt) * phase[o, :, i] * _phi(x)  # (pair, t)
-        r = (weighted[o] @ f[:, :, None])[..., 0] * v[o, :, i]  # (pair, beam)
-        coefficient = (m[:, o, i, j] * bw[o, j][None]).to(cdt)  # (d, pair)
-        total = total.index_add(1, o, coefficient[:, :, None] * r[None])
-    return intensity, 2 * total.real
+        r_near = (weighted[o] @ f[:, :, None])[..., 0] * v[o, :, i]  # (pair, beam)
+    blocks = matrix_tangents() if callable(matrix_tangents) else [(matrix_tangents, c_tangents)]
+    out = []
+    for a_dot, c_dot in blocks:
+        # the direction-dependent products (the O(N³) work) in real arithmetic for a real
+        # symmetric A (centrosymmetric structures): real V, Ȧ, M and K
+        work = vectors if not vectors.is_complex() and not a_dot.is_complex() else v
+        bw = work[:, incident, :].conj()
+        m = work.mH[None] @ a_dot.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
+        k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
+        # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
+        # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
+        total = _mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
+        vk, bq = work[None] @ k, b[:, None, :] * q
+        total = total - (torch.complex((vk * bq.real).sum(-1), (vk * bq.imag).sum(-1))
+                         if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
+        diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
+        if c_dot is not None:
+            diagonal = diagonal + (c_dot / c)[..., None].to(m.dtype) * (values * bw)[None]
+        total = total + _mixed(vq_tau[None], diagonal[..., None])[..., 0]
+        if r_near is not None:
+            coefficient = (m[:, o, i, j] * bw[o, j][None]).to(cdt)  # (d, pair)
+            total = total.index_add(1, o, coefficient[:, :, None] * r_near[None])
+        out.append(2 * total.real)
+    return intensity, torch.cat(out)
 
 
 def _mixed(x: Tensor, y: Tensor) -> Tensor:
