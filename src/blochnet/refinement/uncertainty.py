@@ -121,7 +121,8 @@ def converge_structure(
     and a record of the test.
 
     A step is taken only when it lowers the objective (else halved, up to three times);
-    the thickness model and the orientations stay as refined, as for the s.u.
+    the thickness model, the orientations and the robust loss's scale stay as refined
+    (a fixed objective, so that the steps converge as Gauss–Newton does).
     """
     active = [p for p in model.structure.shifts() if p.requires_grad and p.numel()]
     steps, history = 0, []
@@ -161,7 +162,6 @@ def _step(model, active: list[Tensor], su: dict) -> bool:
         applied = fraction
         if loss() < before:
             model.structure.keep_adps_positive_definite()
-            model.update_robust_scale(fresh=True)
             return True
         fraction /= 2
     move(-applied)
