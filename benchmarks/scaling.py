@@ -103,11 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=["float64", "float32"], default="float64")
     parser.add_argument("--directions", type=int, nargs="+", default=[3, 15, 30, 60, 120])
     parser.add_argument("--orientation", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="scaling.json")
+    parser.add_argument("--out", default="scaling.json", help="record (and OUT.png, the plot)")
+    parser.add_argument("--plot-only", metavar="JSON", help="draw the plot of a record")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(args.child[0], int(args.child[1]), args)))
+        return
+    if args.plot_only:
+        with open(args.plot_only, encoding="utf-8") as handle:
+            plot(json.load(handle), args.plot_only.removesuffix(".json") + ".png")
         return
     gradient = _run("gradient", 0, args)
     rows = []
@@ -136,6 +141,38 @@ def main(argv: list[str] | None = None) -> None:
               "precision": args.precision}  # fmt: skip
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1)
+    plot(record, args.out.removesuffix(".json") + ".png")
+
+
+def plot(record: dict, path: str) -> None:
+    """Time of a Jacobian (forward and reverse mode) and of a gradient step against the
+    number of structure columns, as a figure (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [row["columns"] for row in record["rows"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.plot(
+        n,
+        [row["forward"]["seconds"] for row in record["rows"]],
+        "o-",
+        label="Jacobian, forward mode",
+    )
+    ax.plot(
+        n,
+        [row["reverse"]["seconds"] for row in record["rows"]],
+        "s--",
+        label="Jacobian, reverse mode",
+    )
+    ax.axhline(record["gradient"]["seconds"], color="k", lw=1, label="gradient step (Adam epoch)")
+    ax.set_xlabel("structure parameters (Jacobian columns)")
+    ax.set_ylabel("seconds (1 thread)")
+    ax.set_title("bundled quartz: one step of each path")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
