@@ -64,7 +64,7 @@ def propagate_intensities(
     b = left[:, incident, :].conj()  # W⁻¹ e₀ (orient, mode)
     phase = torch.exp(1j * (c[:, None, None] * thickness[:, :, None]) * values[:, None, :])
     coeff = phase * b[:, None, :]  # (orient, thick, mode)
-    psi = _matmul_mixed(vectors, coeff.transpose(1, 2)).transpose(1, 2)
+    psi = matmul_mixed(vectors, coeff.transpose(1, 2)).transpose(1, 2)
     return psi, phase
 
 
@@ -93,7 +93,7 @@ def propagation_backward(
     """
     b = left[:, incident, :].conj()  # (orient, mode)
     w = grad_intensity.to(psi.dtype) * psi  # (orient, thick, beam)
-    a_conj = _matmul_mixed(vectors.mT.conj(), w.transpose(1, 2)).conj()  # conj(Wᴴ w): (o, m, t)
+    a_conj = matmul_mixed(vectors.mT.conj(), w.transpose(1, 2)).conj()  # conj(Wᴴ w): (o, m, t)
     ct = c[:, None] * thickness  # (orient, thick)
 
     # ∂L/∂(ct): 2 Re Σ_i conj(a_ti) i z_i E_ti b_i
@@ -122,7 +122,7 @@ def propagation_backward(
     if real_matrix:
         grad_matrix = 2 * (left @ g.real.to(left.dtype) @ vectors.mT)
     else:
-        grad_matrix = 2 * _matmul_mixed(_matmul_mixed(left, g), vectors.mT.conj())
+        grad_matrix = 2 * matmul_mixed(matmul_mixed(left, g), vectors.mT.conj())
     return grad_matrix, grad_ct
 
 
@@ -153,7 +153,7 @@ def _horner(coeff: Tensor, delta: Tensor) -> Tensor:
     return result
 
 
-def _matmul_mixed(x: Tensor, y: Tensor) -> Tensor:
+def matmul_mixed(x: Tensor, y: Tensor) -> Tensor:
     """x @ y where one factor may be real: two real GEMMs instead of a complex one."""
     if not x.is_complex() and y.is_complex():
         return torch.complex(x @ y.real, x @ y.imag)

@@ -30,6 +30,7 @@ from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from blochnet.physics.bloch import batched_eigensolver
+from blochnet.physics.propagation import matmul_mixed, propagate_intensities
 
 NEAR = 0.3  # |c t_max Δλ| below which a pair's divided difference is a Taylor series
 _TERMS = 14  # φ(x) = Σ_{n<_TERMS} xⁿ/(n+1)!: relative error below 0.3¹⁴/15! ≈ 4e-20
@@ -68,8 +69,7 @@ def weighted_intensity_tangents(
     v = vectors.to(cdt)
     b = v[:, incident, :].conj()  # Vᴴ e₀ (orient, mode)
     tau = c[:, None] * thickness  # (orient, thick)
-    phase = torch.exp(1j * (tau[:, :, None] * values[:, None, :]).to(cdt))  # E (o, t, m)
-    psi = (v @ (phase * b[:, None, :]).transpose(1, 2)).transpose(1, 2)  # (o, t, beam)
+    psi, phase = propagate_intensities(vectors, values.to(cdt), vectors, thickness, c, incident)
     intensity = ((psi.real**2 + psi.imag**2) * weights[:, :, None]).sum(1)
     # the thickness sum taken once for every direction: Q_gi = Σ_t w conj(ψ_g) E_i and
     # Q'_gi = Σ_t w conj(ψ_g) i c t E_i (orient, beam, mode)
@@ -97,26 +97,19 @@ def weighted_intensity_tangents(
         k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
         # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
         # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
-        total = _mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
+        total = matmul_mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
         vk, bq = work[None] @ k, b[:, None, :] * q
         total = total - (torch.complex((vk * bq.real).sum(-1), (vk * bq.imag).sum(-1))
                          if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
         diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
         if c_dot is not None:
             diagonal = diagonal + (c_dot / c)[..., None].to(m.dtype) * (values * bw)[None]
-        total = total + _mixed(vq_tau[None], diagonal[..., None])[..., 0]
+        total = total + matmul_mixed(vq_tau[None], diagonal[..., None])[..., 0]
         if r_near is not None:
             coefficient = (m[:, o, i, j] * bw[o, j][None]).to(cdt)  # (d, pair)
             total = total.index_add(1, o, coefficient[:, :, None] * r_near[None])
         out.append(2 * total.real)
     return intensity, torch.cat(out)
-
-
-def _mixed(x: Tensor, y: Tensor) -> Tensor:
-    """x @ y for complex x and real or complex y (two real products for a real y)."""
-    if y.is_complex():
-        return x @ y
-    return torch.complex(x.real @ y, x.imag @ y)
 
 
 def _phi(x: Tensor) -> Tensor:
