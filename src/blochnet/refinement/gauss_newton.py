@@ -24,7 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blochnet.refinement.uncertainty import jacobian_columns, transposed_jacobian
+from blochnet.refinement.uncertainty import (
+    forward_mode_applies,
+    jacobian_columns,
+    transposed_jacobian,
+)
 
 
 @dataclass
@@ -133,11 +137,8 @@ def forward_jacobian(model) -> tuple[Tensor, Tensor, list[_Block]] | None:
     shifts = [p for p in model.structure.shifts()[:4] if p.requires_grad and p.numel()]
     dense = [b.param for b in blocks if not b.per_frame]
     if len(dense) != len(shifts) or any(p is not q for p, q in zip(dense, shifts, strict=False)):
-        return None  # κ or a global thickness among the parameters
-    if any(
-        o.simulator.config.solver != "eigh" or o.simulator.config.absorption > 0
-        for o in model.objectives
-    ):
+        return None  # a global thickness among the parameters
+    if not forward_mode_applies(model):
         return None
     parts = [o.jacobian(orientation=n in owners) for n, o in enumerate(model.objectives)]
     rows = np.cumsum([0] + [len(r) for r, _ in parts])

@@ -52,16 +52,22 @@ def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tens
     return r.detach(), torch.stack(columns, dim=1).detach()
 
 
+def forward_mode_applies(model) -> bool:
+    """True when forward-mode derivatives (:meth:`Objective.jacobian`) serve ``model``:
+    every data set simulated with the eigh solver without absorption, κ not refined."""
+    kappa = model.structure.kappa_shift
+    return not (kappa.requires_grad and kappa.numel()) and all(
+        o.simulator.config.solver == "eigh" and o.simulator.config.absorption == 0
+        for o in model.objectives
+    )
+
+
 def structure_jacobian(model, active: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Residuals r (n,) of every data set and J = ∂r/∂p (n, P) over the refined structure
     shifts ``active``: in forward mode (one eigendecomposition per orientation for all
     columns, no graph kept; :meth:`Objective.jacobian`) where it applies (eigh, no
     absorption), else by reverse mode (:func:`residual_jacobian`)."""
-    forward = all(
-        o.simulator.config.solver == "eigh" and o.simulator.config.absorption == 0
-        for o in model.objectives
-    ) and not any(p is model.structure.kappa_shift for p in active)
-    if forward:
+    if forward_mode_applies(model):
         parts = [o.jacobian(orientation=False) for o in model.objectives]
         return torch.cat([r for r, _ in parts]), torch.cat([j for _, j in parts])
 
