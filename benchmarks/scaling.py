@@ -32,6 +32,7 @@ def _child(kind: str, n_directions: int, args) -> dict:
 
     import blochnet
     from blochnet.examples import example_dataset_path, example_path
+    from blochnet.experiment.frame_tangents import frame_jacobian
     from blochnet.experiment.prepared import prepare
     from blochnet.refinement.engine import parameter_groups
     from blochnet.refinement.gauss_newton import jacobian
@@ -59,7 +60,8 @@ def _child(kind: str, n_directions: int, args) -> dict:
         tangents = (tangents * (n_directions // len(tangents) + 1))[:n_directions]
         samples, weights = objective.thickness()
         with torch.no_grad():
-            objective.simulator.jacobian(
+            frame_jacobian(
+                objective.simulator,
                 structure.atoms(), tangents, samples, weights,
                 rotations=objective.rotations().detach(), orientation=args.orientation,
             )  # fmt: skip

@@ -13,6 +13,7 @@ from blochnet.cli.main import app
 from blochnet.dataset import structure_in_data_cell
 from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.evaluate import evaluate
+from blochnet.experiment.frame_tangents import frame_jacobian
 from blochnet.experiment.frames import FrameSimulator, rotation_matrices
 from blochnet.experiment.geometry import beam_directions, goniometer_axis_crystal
 from blochnet.experiment.pattern import simulate_pattern
@@ -358,7 +359,7 @@ def test_integrated_samples_between_frames_blend_their_thickness_and_correction(
 
 @pytest.mark.parametrize(("name", "frames"), [("quartz", 4), ("glycine", 3)])
 def test_forward_mode_jacobian_equals_the_reverse_mode_gradient(name, frames):
-    """Every column of FrameSimulator.jacobian (structure directions and each frame's
+    """Every column of frame_jacobian (structure directions and each frame's
     rotation vector) contracts with a probe vector to the backward pass's gradient:
     complex (quartz, whole rocking curves blending neighbouring frames) and real
     (glycine, centrosymmetric; frame rows) structure matrices."""
@@ -381,7 +382,9 @@ def test_forward_mode_jacobian_equals_the_reverse_mode_gradient(name, frames):
     thickness = torch.linspace(200.0, 900.0, 5, dtype=torch.float64).expand(frames, -1)
     weights = torch.softmax(torch.randn(frames, 5, generator=gen, dtype=torch.float64), -1)
     turn = torch.randn(frames, 3, generator=gen, dtype=torch.float64) * 1e-3
-    jac = simulator.jacobian(atoms, tangents, thickness, weights, rotations=turn, orientation=True)
+    jac = frame_jacobian(
+        simulator, atoms, tangents, thickness, weights, rotations=turn, orientation=True
+    )
     rotations = turn.clone().requires_grad_(True)
     leaves = [atoms.xyz, atoms.uij, atoms.occupancy]
     leaves = [x.clone().requires_grad_(True) for x in leaves]

@@ -39,6 +39,7 @@ import torch.autograd.forward_ad as fwad
 from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
+from blochnet.experiment.frame_tangents import frame_jacobian
 from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
 from blochnet.experiment.observations import Observations
@@ -217,14 +218,16 @@ class Objective(nn.Module):
         """Residuals (fit,) and their derivatives with respect to the structure's refined
         shifts (fit, parameter) and, with ``orientation``, to every frame's rotation
         vector (fit, 3·frame; component-major), in forward mode
-        (:meth:`FrameSimulator.jacobian`): the thickness model held at its values.
+        (:func:`~blochnet.experiment.frame_tangents.frame_jacobian`): the thickness model
+        held at its values.
         Needs a structure without refined absorption (κ), else a ConfigurationError."""
         if self.structure.kappa_shift.numel():
             raise ConfigurationError("forward-mode derivatives do not cover a refined κ")
         with torch.no_grad():
             samples, weights = self.thickness()
             rotations = self.rotations()
-            jac = self.simulator.jacobian(
+            jac = frame_jacobian(
+                self.simulator,
                 self.structure.atoms(), self.structure.atom_tangents(), samples, weights,
                 rotations=None if rotations is None else rotations.detach(),
                 orientation=orientation,
