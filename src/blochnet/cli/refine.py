@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -49,26 +52,72 @@ def refine(
     resume: Annotated[bool, typer.Option(help="continue from DIR/checkpoint.pt")] = False,
     quiet: Annotated[bool, typer.Option(help="no per-epoch output")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    threads: Annotated[int, typer.Option(help="CPU threads (0: PyTorch's default)")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads per process (0: the cores shared among them)")
+    ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="processes on this machine, each solving its share of the frames (under "
+            "torchrun: leave at 1, its WORLD_SIZE counts)"
+        ),
+    ] = 1,
 ) -> None:
-    from blochnet.cli.runtime import prepare_compute
+    from blochnet.cli.workers import launched_size, run_local
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
-    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
-    from blochnet.io.cif import read_structure
-    from blochnet.io.output_folder import claim_output_folder
-    from blochnet.io.pets import read_pets
-    from blochnet.refinement.timings import Timings
 
     settings = load_config(config, epochs=epochs, precision=precision)
-    prepare_compute(device, threads)
     if example is not None:
         if files:
             raise ConfigurationError("give either --example or STRUCTURE and DATA files")
         files = [example_path(example), example_dataset_path(example)]
     if not files or len(files) < 2:
         raise ConfigurationError("need STRUCTURE.cif and at least one DATA.cif_pets")
-    with claim_output_folder(out):
+    launched = launched_size()
+    if workers < 1:
+        raise ConfigurationError(f"--workers {workers}: expected 1 or more")
+    if workers > 1 and launched > 1:
+        raise ConfigurationError(
+            f"--workers {workers} under a launcher that started {launched} processes "
+            "(WORLD_SIZE): give one or the other"
+        )
+    job = (list(files), out, settings, device, resume, quiet)
+    if workers > 1:
+        status = run_local(workers, run_process, job, threads=threads)
+        if status:
+            raise typer.Exit(status)
+    elif launched > 1:
+        rank = int(os.environ.get("RANK", "0"))
+        run_process(*job, rank=rank, size=launched, address="env://", threads=threads)
+    else:
+        run_process(*job, rank=0, size=1, address="", threads=threads)
+
+
+def run_process(
+    files, out, settings, device, resume, quiet, *, rank: int, size: int, address: str,
+    threads: int,
+) -> None:  # fmt: skip
+    """The refinement in one process: ``rank`` of ``size`` (joining the process group at
+    ``address`` when there are several; :mod:`blochnet.cli.workers`)."""
+    from blochnet.cli.runtime import prepare_compute
+    from blochnet.cli.workers import output_of_rank, process_group
+    from blochnet.experiment.sanity import check_beam_set, check_structure, check_thickness
+    from blochnet.io.cif import read_structure
+    from blochnet.io.output_folder import claim_output_folder
+    from blochnet.io.pets import read_pets
+    from blochnet.refinement.timings import Timings
+
+    prepare_compute(device, threads)
+    if rank > 0:  # rank 0 prints; the others see the same
+        quiet = True
+        warnings.simplefilter("ignore")
+    group = process_group(device, rank=rank, size=size, address=address)
+    with (
+        group if size > 1 else nullcontext(),
+        output_of_rank(out, rank, resume=resume) as folder,
+        claim_output_folder(folder),
+    ):
         timings = Timings(device=device)
         with timings.stage("read"):
             crystal = read_structure(files[0])
@@ -78,11 +127,14 @@ def refine(
         if settings.thickness.t0 is not None:
             check_thickness(settings.thickness.t0, "[thickness] t0")
         _refine_and_print(
-            crystal, datasets, out, settings, timings, device=device, resume=resume, quiet=quiet
-        )
+            crystal, datasets, folder, settings, timings, device=device, resume=resume,
+            quiet=quiet, summary=rank == 0,
+        )  # fmt: skip
 
 
-def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resume, quiet):
+def _refine_and_print(
+    crystal, datasets, out, settings, timings, *, device, resume, quiet, summary=True
+):
     from rich.console import Console
 
     from blochnet.refinement.pipeline import refine as run
@@ -102,7 +154,8 @@ def _refine_and_print(crystal, datasets, out, settings, timings, *, device, resu
         stage_report=say,
         timings=timings,
     )
-    Console().print(_summary(result.report, out, settings, timings))
+    if summary:
+        Console().print(_summary(result.report, out, settings, timings))
 
 
 def _epoch_line(record) -> str:

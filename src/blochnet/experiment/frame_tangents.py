@@ -22,6 +22,7 @@ from torch import Tensor
 
 from blochnet.errors import ConfigurationError
 from blochnet.experiment.frames import FrameSimulator, per_orientation
+from blochnet.experiment.shards import sum_over_processes
 from blochnet.physics.crystal_model import AtomTensors
 from blochnet.physics.tangents import weighted_intensity_tangents
 
@@ -73,6 +74,8 @@ def frame_jacobian(
                     turn = d[len(atom_tangents) :].T  # (m, 3)
                     turns.index_add_(0, part.obs_row * n_frames + own, (1 - blend) * turn)
                     turns.index_add_(0, part.obs_row * n_frames + other, blend * turn)
+    for part in (ic, structure, turns):  # the rows of other processes' frames
+        sum_over_processes(part, simulator.plan.processes)
     return IntensityJacobian(
         ic, structure, turns.reshape(simulator.n_used, n_frames, 3 if orientation else 0)
     )

@@ -40,6 +40,7 @@ from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.plan import FramePlan, build_plan
 from blochnet.experiment.selection import ReflectionSelection
+from blochnet.experiment.shards import whole_rows
 from blochnet.physics.beams import excitation_errors
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
@@ -153,7 +154,9 @@ class FrameSimulator:
         -------
         Tensor (obs, sample), each row's rocking-curve integral (see the module doc) at each
         thickness sample, in units of the incident beam; with ``weights``, (obs,): the
-        weighted sum over samples. Rows follow ``self.used_rows``.
+        weighted sum over samples. Rows follow ``self.used_rows``. With a plan shared
+        among processes, every row on every process (the other processes' rows are
+        constants here: :mod:`blochnet.experiment.shards`).
         """
         model = self.model
         k, u0 = model.wavevector(atoms, self.dataset.wavelength)
@@ -175,6 +178,7 @@ class FrameSimulator:
             out = out.index_add(0, group.obs_row, values * group.obs_weight[:, None])
             if progress is not None:
                 progress(int(batch.mask.shape[0]))
+        out = whole_rows(out, self.plan.processes)  # other processes' frames' rows
         return out[:, 0] if weights is not None else out
 
     def batch_matrices(

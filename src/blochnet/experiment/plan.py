@@ -13,6 +13,7 @@ plan and a crystal model and only computes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from blochnet.experiment.rocking import (
     rocking_windows,
 )
 from blochnet.experiment.selection import ReflectionSelection, select_reflections
+from blochnet.experiment.shards import Processes, frame_shares
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +57,10 @@ class FramePlan:
     dependencies : (pair, 2) (used row, frame) whenever the row's intensity uses that
         frame's orientation or thickness (its own frame; in integrated mode also neighbours).
     frames : the frames whose rows are simulated (None: every frame).
+    processes : the processes the frames are shared among (see
+        :mod:`blochnet.experiment.shards`): ``groups`` then hold the orientations that
+        this process's frames' rows read, and every other field the whole data set's.
+    own_frames : the frame rows this process simulates (None: all of ``frames``).
     """
 
     dataset: Dataset
@@ -67,6 +73,8 @@ class FramePlan:
     groups: tuple[OrientationGroup, ...]
     dependencies: np.ndarray
     frames: np.ndarray | None = None
+    processes: Processes = Processes()
+    own_frames: np.ndarray | None = None
 
     @property
     def n_used(self) -> int:
@@ -82,6 +90,7 @@ def build_plan(
     settings: SimulationConfig | None = None,
     *,
     frames: np.ndarray | None = None,
+    processes: Processes | None = None,
     dtype: torch.dtype = torch.float64,
     device=None,
 ) -> FramePlan:
@@ -90,6 +99,9 @@ def build_plan(
     ``frames`` (frame rows): simulate only the rows of these frames (the rest of the data
     set still sets the selection, the windows and the rotation grid), as a convergence
     check on a subset of frames does.
+
+    ``processes``: the frames are shared among these processes (one by default), and the
+    plan solves this process's share (:func:`~blochnet.experiment.shards.frame_shares`).
     """
     settings = settings or SimulationConfig()
     rocking = resolve_rocking(settings, dataset)
@@ -113,6 +125,13 @@ def build_plan(
         )
     else:
         orientations = integrated_orientations(table, dataset, windows, frame_of_used, settings)
+    processes = processes or Processes()
+    dependencies = _dependencies(orientations, frame_of_used)
+    own = None
+    if processes.shared:
+        share = frame_shares(_frame_costs(orientations, dataset.n_frames), processes.size)
+        own = np.flatnonzero(share == processes.rank)
+        orientations = _read_by(orientations, np.isin(frame_of_used, own))
     return FramePlan(
         dataset=dataset,
         settings=settings,
@@ -122,9 +141,34 @@ def build_plan(
         used_rows=used_rows,
         frame_of_used=frame_of_used,
         groups=tuple(build_groups(orientations, dtype=dtype, device=device)),
-        dependencies=_dependencies(orientations, frame_of_used),
+        dependencies=dependencies,
         frames=None if frames is None else np.asarray(frames),
+        processes=processes,
+        own_frames=own,
     )
+
+
+def _frame_costs(orientations: list[Orientation], n_frames: int) -> np.ndarray:
+    """(frame,) cost of solving each frame's orientations: Σ N³ over them, N beams."""
+    costs = np.zeros(n_frames)
+    for o in orientations:
+        costs[o.frame] += float(len(o.beams)) ** 3
+    return costs
+
+
+def _read_by(orientations: list[Orientation], own_rows: np.ndarray) -> list[Orientation]:
+    """The orientations that rows ``own_rows`` ((obs,) bool) read, each with its whole
+    beam set and only those rows' (row, beam, weight) pairs."""
+    out = []
+    for o in orientations:
+        keep = own_rows[o.rows]
+        if keep.any():
+            out.append(
+                dataclasses.replace(
+                    o, columns=o.columns[keep], rows=o.rows[keep], weights=o.weights[keep]
+                )
+            )
+    return out
 
 
 def _apply_windows(

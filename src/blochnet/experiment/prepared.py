@@ -22,6 +22,7 @@ from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.frames import FrameSimulator, crystal_model
 from blochnet.experiment.observations import Observations
 from blochnet.experiment.plan import FramePlan, build_plan
+from blochnet.experiment.shards import Processes
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +36,8 @@ class PreparedData:
     plan : the frame plan of ``settings``.
     observations : the rows ``plan`` simulates (all in the fit set).
     dtype, device : of every tensor built from it.
+    processes : the processes the frames are shared among (one by default); every plan
+        of the record solves this process's share (:mod:`blochnet.experiment.shards`).
     """
 
     dataset: Dataset
@@ -43,6 +46,7 @@ class PreparedData:
     observations: Observations
     dtype: torch.dtype = torch.float64
     device: torch.device | str | None = None
+    processes: Processes = Processes()
     _plans: dict = field(default_factory=dict, repr=False)  # shared by every copy
 
     @property
@@ -79,7 +83,9 @@ class PreparedData:
         the plan's tensors carry the precision)."""
         if dtype == self.dtype:
             return self
-        plan = build_plan(self.dataset, self.settings, dtype=dtype, device=self.device)
+        plan = build_plan(
+            self.dataset, self.settings, processes=self.processes, dtype=dtype, device=self.device
+        )
         return dataclasses.replace(self, plan=plan, dtype=dtype, _plans={_key(self.settings): plan})
 
     def plan_for(self, settings: SimulationConfig, frames: np.ndarray | None = None) -> FramePlan:
@@ -88,8 +94,9 @@ class PreparedData:
         key = _key(settings, frames)
         if key not in self._plans:
             self._plans[key] = build_plan(
-                self.dataset, settings, frames=frames, dtype=self.dtype, device=self.device
-            )
+                self.dataset, settings, frames=frames, processes=self.processes,
+                dtype=self.dtype, device=self.device,
+            )  # fmt: skip
         return self._plans[key]
 
 
@@ -100,14 +107,19 @@ def prepare(
     *,
     dtype: torch.dtype = torch.float64,
     device=None,
+    processes: Processes | None = None,
 ) -> PreparedData:
     """``dataset`` prepared for simulations of ``crystal`` at ``settings``: the structure
-    in the data file's cell (checked once), the plan and the observations."""
+    in the data file's cell (checked once), the plan and the observations; ``processes``:
+    the frames shared among these (:mod:`blochnet.experiment.shards`; one by default)."""
     settings = settings or SimulationConfig()
+    processes = processes or Processes()
     in_cell = structure_in_data_cell(crystal, dataset)
-    plan = build_plan(dataset, settings, dtype=dtype, device=device)
+    plan = build_plan(dataset, settings, processes=processes, dtype=dtype, device=device)
     plans = {_key(settings): plan}
-    return PreparedData(dataset, in_cell, plan, Observations.of(plan), dtype, device, plans)
+    return PreparedData(
+        dataset, in_cell, plan, Observations.of(plan), dtype, device, processes, plans
+    )
 
 
 def _key(settings: SimulationConfig, frames: np.ndarray | None = None) -> tuple:

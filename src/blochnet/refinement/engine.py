@@ -6,7 +6,8 @@
   ``checkpoint_every`` epochs, at the end, and after the epoch in which a SIGINT or
   SIGTERM arrived (the run then stops with :class:`~blochnet.refinement.interrupts.Interrupted`);
   ``resume=True`` continues from it to the same result, also after a run that had
-  converged (it is not taken further).
+  converged (it is not taken further). With the frames shared among processes, the
+  gradients are summed over them and a signal to any process stops all after the epoch.
 * Convergence is judged on the objective: the run stops when the relative drop of the
   loss over ``patience`` epochs is below ``tolerance``.
 """
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from blochnet.errors import RefinementError
+from blochnet.experiment.shards import any_process, sum_gradients
 from blochnet.refinement.interrupts import Interrupted, deferred_interrupts
 
 
@@ -131,6 +133,7 @@ def optimise_adam(
             _check_finite(objective, loss, good)
             forward = time.perf_counter()
             loss.backward()
+            sum_gradients(objective.parameters())  # (several processes: their shares)
             _check_finite(objective, loss, good, gradients=True)
             backward = time.perf_counter()
             good = copy.deepcopy(objective.state_dict())
@@ -152,8 +155,9 @@ def optimise_adam(
                 report(record)
             if checkpoint is not None and (epoch + 1) % checkpoint_every == 0:
                 save_checkpoint(checkpoint, objective, optimiser, history)
-            if interrupt.pending():
-                _stop(interrupt.name, epoch + 1, checkpoint, objective, optimiser, history)
+            if any_process(interrupt.pending()):  # every process stops after this epoch
+                name = interrupt.name or "SIGINT"  # (a signal another process received)
+                _stop(name, epoch + 1, checkpoint, objective, optimiser, history)
             if _converged(history, tolerance, patience):
                 break
     if checkpoint is not None:
@@ -224,6 +228,7 @@ class _ScaledLBFGS:
                 loss = objective()
                 _check_finite(objective, loss, good)
                 loss.backward()
+                sum_gradients(objective.parameters())
                 _check_finite(objective, loss, good, gradients=True)
             for p, q, r in zip(self.params, self.q, self.rates, strict=True):
                 q.grad = r * p.grad if p.grad is not None else torch.zeros_like(q)

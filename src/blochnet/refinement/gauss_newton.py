@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from blochnet.experiment.shards import sum_over_processes
 from blochnet.refinement.uncertainty import (
     forward_mode_applies,
     jacobian_columns,
@@ -117,7 +118,8 @@ def jacobian(model) -> tuple[Tensor, Tensor, list[_Block]]:
                 summed = torch.autograd.grad(grad2[chosen, c].sum(), u, retain_graph=True)[0]
                 column[:, chosen] = torch.where(block.uses[:, chosen], summed[:, None], 0.0)
             columns += list(column.unbind(1))
-    return r.detach(), torch.stack(columns, dim=1).detach(), blocks
+    # with the frames shared among processes, each has the rows of its own frames
+    return r.detach(), sum_over_processes(torch.stack(columns, dim=1).detach()), blocks
 
 
 def forward_jacobian(model) -> tuple[Tensor, Tensor, list[_Block]] | None:

@@ -23,6 +23,7 @@ import torch
 
 from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
+from blochnet.experiment import shards
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.io import strict_json
@@ -95,6 +96,11 @@ def refine(
     after them (s.u., the inverse) are announced through ``stage_report``. The wall time
     and peak memory of every stage go to ``report.json`` (``timings``: a record that
     already holds earlier stages, such as reading the files, continues it).
+
+    Inside a ``torch.distributed`` process group of several processes, every process runs
+    this with its share of the frames (:mod:`blochnet.experiment.shards`) and the same
+    results; give each its own ``out_dir`` (rank 0 the real one) and a copy of what
+    ``resume`` reads (:mod:`blochnet.refinement.processes`).
     """
     timings = timings or Timings(device=str(device or "cpu"))
     config = config or RefineConfig()
@@ -106,8 +112,12 @@ def refine(
     saved = _saved_start(out) if resume else None
     simulation = saved["simulation"] if saved else config.simulation
     dtype = torch.float64 if config.precision == "float64" else torch.float32
+    processes = shards.current()  # several: each solves its share of the frames
     with timings.stage("prepare"):
-        data = [prepare(crystal, ds, simulation, dtype=dtype, device=device) for ds in datasets]
+        data = [
+            prepare(crystal, ds, simulation, dtype=dtype, device=device, processes=processes)
+            for ds in datasets
+        ]
     if saved:
         start = _resumed(data, config, saved)
     else:
@@ -118,6 +128,7 @@ def refine(
         model = build_refinement(
             start.data, start.config, crystal=start.crystal, starts=start.starts
         )
+        shards.same_everywhere(model)
     with timings.stage("epochs"):
         model, history = _optimise(model, start, out, resume, report, lm_report)
     for part in ("forward", "backward"):  # (nan for epochs of a run resumed from an old version)
@@ -316,6 +327,9 @@ def _absolute_record(model: Refinement, refined: Crystal, start: _Start, say: Sa
 def _record_timings(path: Path, report: dict, timings: Timings) -> dict:
     """``report`` with the timings of every stage (the outputs' included), written again."""
     recorded = timings.to_dict()
+    peaks = shards.gather_objects(recorded["peak_memory_gb"])
+    if len(peaks) > 1:
+        recorded["processes"] = {"count": len(peaks), "peak_memory_gb": peaks}
     report = report | {"timings": recorded, "wall_time_s": recorded["wall_time_s"]}
     write_text_atomically(path, strict_json.dumps(report, indent=1) + "\n")
     return report

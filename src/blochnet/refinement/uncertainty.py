@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from blochnet.experiment.shards import sum_over_processes
 from blochnet.lattice import uij_to_cartesian
 
 
@@ -49,7 +50,8 @@ def residual_jacobian(residuals, parameters: list[Tensor]) -> tuple[Tensor, Tens
     r = residuals()
     u, grads = transposed_jacobian(r, parameters)
     columns = jacobian_columns(torch.cat([x.reshape(-1) for x in grads]), u)
-    return r.detach(), torch.stack(columns, dim=1).detach()
+    # with the frames shared among processes, each has the rows of its own frames
+    return r.detach(), sum_over_processes(torch.stack(columns, dim=1).detach())
 
 
 def forward_mode_applies(model) -> bool:
