@@ -61,3 +61,18 @@ def test_tangents_agree_with_the_reverse_mode_gradient():
     for k in range(2):
         reverse = torch.real((leaf.grad.conj() * directions[k]).sum())
         torch.testing.assert_close((probe * tangent[k]).sum(), reverse, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("real", [True, False])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_tangents_of_chosen_rows_are_those_rows_of_all(real, degenerate):
+    a = _hermitian(3, 9, real=real, seed=1, degenerate=degenerate)
+    d = torch.stack([_hermitian(3, 9, real=real, seed=s) for s in (2, 4)])
+    thickness = torch.linspace(50.0, 900.0, 7, dtype=torch.float64).expand(3, -1)
+    weights = torch.full((3, 7), 1 / 7, dtype=torch.float64)
+    c = torch.full((3,), 0.12, dtype=torch.float64)
+    rows = torch.tensor([[0, 3, 3, 8], [1, 2, 5, 0], [7, 6, 4, 2]])  # (repeats allowed)
+    _, every = weighted_intensity_tangents(a, thickness, c, weights, d)
+    _, chosen = weighted_intensity_tangents(a, thickness, c, weights, d, rows=rows)
+    expected = torch.gather(every, 2, rows[None].expand(2, -1, -1))
+    torch.testing.assert_close(chosen, expected, rtol=1e-12, atol=1e-15)

@@ -139,3 +139,20 @@ def test_mixed_precision_ends_in_float64_near_the_float64_result_and_resumes(qua
     # float32 epochs agree between runs to float32's rounding (summation orders differ
     # with memory alignment), which a trajectory carries on: not bit for bit
     assert abs(resumed.report["r_obs"] - result.report["r_obs"]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "recompute, memory, expected",
+    [("always", 1e12, True), ("never", 1.0, False), ("auto", 1e12, False), ("auto", 1.0, True)],
+)
+def test_batches_are_recomputed_in_the_backward_pass_as_configured(
+    quartz, monkeypatch, recompute, memory, expected
+):
+    """'auto' recomputes where the epochs would keep more than the memory set aside."""
+    from blochnet.refinement import model as model_module
+
+    crystal, dataset = quartz
+    monkeypatch.setattr(model_module, "_memory_for_gradients", lambda: memory)
+    config = RefineConfig(simulation=SIMULATION, recompute=recompute)
+    built = model_module.refinement_for(crystal, [dataset], config)
+    assert built.objectives[0].simulator.recompute is expected

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from small_data import small_quartz_frames
 
 from blochnet.examples import example_path
@@ -179,6 +180,12 @@ def test_an_input_error_is_reported_once_by_the_workers(inputs, tmp_path):
         (["--workers", "0"], {}, "--workers 0: expected 1 or more"),
         (["--workers", "2"], {"WORLD_SIZE": "2"}, "give one or the other"),
         ([], {"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
+        pytest.param(
+            ["--workers", "2", "--device", "cuda"],
+            {},
+            "--device cuda",
+            marks=pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="two GPUs here"),
+        ),  # fmt: skip
     ],
 )
 def test_worker_counts_are_checked(inputs, tmp_path, extra, env, message):

@@ -56,8 +56,15 @@ def process_group(device: str, *, rank: int, size: int, address: str) -> Iterato
     import torch.distributed as dist
 
     backend = "nccl" if device == "cuda" else "gloo"
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+    if device == "cuda":  # one GPU per process: LOCAL_RANK under a launcher, else the rank
+        local, gpus = int(os.environ.get("LOCAL_RANK", rank)), torch.cuda.device_count()
+        if local >= gpus:
+            raise ConfigurationError(
+                f"process {rank} of {size} (local rank {local}) with --device cuda: this "
+                f"machine has {gpus} GPU(s), one per process is needed; start fewer "
+                "processes per machine"
+            )
+        torch.cuda.set_device(local)
     try:
         dist.init_process_group(backend, init_method=address, rank=rank, world_size=size)
     except (RuntimeError, ValueError) as error:
@@ -91,16 +98,22 @@ def output_of_rank(out: Path, rank: int, *, resume: bool) -> Iterator[Path]:
 def run_local(size: int, job, arguments: tuple, *, threads: int) -> int:
     """Run ``job(*arguments, rank=r, size=size, address=..., threads=...)`` in ``size``
     fresh processes on this machine; returns the exit status (0 when all ended well,
-    otherwise rank 0's, or the first failing process's)."""
+    otherwise rank 0's, or the first failing process's). The processes' user errors and
+    interruptions are printed here, each distinct message once."""
+    from blochnet.cli.main import _print_error
+
     if threads == 0:
         threads = max(1, (os.cpu_count() or 1) // size)
     address = f"tcp://127.0.0.1:{_free_port()}"
     context = multiprocessing.get_context("spawn")
+    messages = context.SimpleQueue()
     place = {"size": size, "address": address, "threads": threads}
     children = [
         context.Process(
-            target=_child, args=(job, arguments, place | {"rank": r}), name=f"blochnet-{r}"
-        )
+            target=_child,
+            args=(job, arguments, place | {"rank": r}, messages),
+            name=f"blochnet-{r}",
+        )  # fmt: skip
         for r in range(size)
     ]
     previous = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
@@ -111,15 +124,24 @@ def run_local(size: int, job, arguments: tuple, *, threads: int) -> int:
     try:
         for child in children:
             child.start()
-        return _wait(children)
+        status = _wait(children)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    reported: dict[str, list[int]] = {}
+    while not messages.empty():
+        rank, message = messages.get()
+        reported.setdefault(message, []).append(rank)
+    for message, ranks in reported.items():  # (a message of every process once, plainly)
+        whose = "" if 0 in ranks or len(ranks) == size else f"process {min(ranks)}: "
+        _print_error(whose + message)
+    return status
 
 
-def _child(job, arguments: tuple, place: dict) -> None:
-    """One process: run the job; a user error as one line (from rank 0: the others meet
-    the same and end with the same status), anything else with its traceback."""
+def _child(job, arguments: tuple, place: dict, messages) -> None:
+    """One process: run the job; a user error or an interruption goes to ``messages`` as
+    (rank, line) for the parent to print once, anything else is printed here with its
+    traceback."""
     from blochnet.cli.main import (
         _USER_ERRORS,
         EXIT_INTERRUPTED,
@@ -133,12 +155,11 @@ def _child(job, arguments: tuple, place: dict) -> None:
     try:
         job(*arguments, **place)
     except _USER_ERRORS as error:
-        if rank == 0:
-            _print_error(_message(error))
+        messages.put((rank, _message(error)))
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt as error:
-        if rank == 0:
-            _print_error(f"interrupted ({error})" if str(error) else "interrupted")
+        if rank == 0:  # (the others say the same of their scratch folders)
+            messages.put((rank, f"interrupted ({error})" if str(error) else "interrupted"))
         raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as error:
         _print_error(f"process {rank}: {type(error).__name__}: {error}")

@@ -11,6 +11,7 @@ of similar beam count into tensors, solved together by one batched eigendecompos
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +26,12 @@ from blochnet.lattice import reciprocal_matrix
 from blochnet.physics.beams import reciprocal_lattice_points
 from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 
-# one batch's padded matrices hold at most this many elements (complex128: 64 MiB), so
+# one batch's padded matrices hold at most this many elements (complex128: 16 MiB), so
 # that building, solving and differentiating many beam sets does not hold every
-# temporary of the whole data set at once (batches of this size lose nothing in speed)
-MAX_BATCH_ELEMENTS = 2**22
+# temporary of the whole data set at once. Measured on the bundled quartz (62 beams, 4,057
+# orientations, 2 threads), one objective evaluation with its gradient: 2^22 elements
+# 6.1 s and 1.82 GB, 2^20 4.1 s and 1.32 GB, 2^18 4.4 s and 1.26 GB
+MAX_BATCH_ELEMENTS = 2**20
 
 
 @dataclass
@@ -55,6 +58,9 @@ class OrientationGroup:
     obs_beam: Tensor  # (m,) beam column
     obs_row: Tensor  # (m,) index into the used observations
     obs_weight: Tensor  # (m,) weight of the pair in the row's intensity
+    # (difference,) row of each of ``batch.differences`` in the plan's table of every
+    # batch's differences (:func:`shared_differences`), so U is computed once per pass
+    difference_rows: Tensor | None = None
 
 
 @dataclass
@@ -190,6 +196,22 @@ def build_groups(
             )
         )
     return groups
+
+
+def shared_differences(
+    groups: list[OrientationGroup],
+) -> tuple[Tensor, list[OrientationGroup]]:
+    """The distinct differences g − h of every batch (difference, 3), and the batches with
+    ``difference_rows`` into them: a simulation computes the potential once for all
+    batches (small batches of large beam sets share most of their differences)."""
+    if not groups:
+        return torch.zeros(0, 3, dtype=torch.long), []
+    table, inverse = torch.unique(
+        torch.cat([g.batch.differences for g in groups]), dim=0, return_inverse=True
+    )
+    rows = inverse.split([len(g.batch.differences) for g in groups])
+    pairs = zip(groups, rows, strict=True)
+    return table, [dataclasses.replace(g, difference_rows=r) for g, r in pairs]
 
 
 def _beam_sets(table: BeamTable, directions: np.ndarray, compared: np.ndarray, k0, sg_max):

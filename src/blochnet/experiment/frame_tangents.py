@@ -56,16 +56,18 @@ def frame_jacobian(
     turns = torch.zeros(simulator.n_used * n_frames, 3 if orientation else 0, dtype=dtype,
                         device=device)  # fmt: skip
     with torch.no_grad():
+        every = _potential_tangents(simulator, atoms, atom_tangents)  # all batches at once
         for group in simulator.groups:
-            potentials = _potential_tangents(simulator, group, atoms, atom_tangents)
+            potentials = [(u[group.difference_rows], k, u0) for u, k, u0 in every]
             for part in _chunks(group, thickness.shape[1]):
                 a, blocks, t, w, c = _tangent_inputs(
                     simulator, part, potentials, thickness, weights, rotations, orientation
                 )
-                intensity, tangent = weighted_intensity_tangents(a, t, c, w, blocks)
+                rows, slot = _compared_beams(part)
+                intensity, tangent = weighted_intensity_tangents(a, t, c, w, blocks, rows=rows)
                 pick = (part.obs_orient, part.obs_beam)
                 ic.index_add_(0, part.obs_row, intensity[pick] * part.obs_weight)
-                d = tangent[:, pick[0], pick[1]] * part.obs_weight  # (direction, m)
+                d = tangent[:, pick[0], slot] * part.obs_weight  # (direction, m)
                 structure.index_add_(0, part.obs_row, d[: len(atom_tangents)].T)
                 if orientation:
                     own = part.frame[part.obs_orient]
@@ -81,14 +83,14 @@ def frame_jacobian(
     )
 
 
-def _potential_tangents(simulator: FrameSimulator, group, atoms, atom_tangents) -> list[tuple]:
-    """(U_g of the batch's differences, |K|, U₀) at ``atoms`` (first) and their changes
+def _potential_tangents(simulator: FrameSimulator, atoms, atom_tangents) -> list[tuple]:
+    """(U_g of the plan's differences, |K|, U₀) at ``atoms`` (first) and their changes
     along each of ``atom_tangents``."""
     model, wavelength = simulator.model, simulator.dataset.wavelength
 
     def potential(values):
         k, u0 = model.wavevector(values, wavelength)
-        return model.potential(group.batch.differences, values), k, u0
+        return model.potential(simulator.plan.differences, values), k, u0
 
     out = [potential(atoms)]
     for tangent in atom_tangents:
@@ -98,6 +100,24 @@ def _potential_tangents(simulator: FrameSimulator, group, atoms, atom_tangents) 
             out.append(tuple(_tangent_or_zero(x, x0) for x, x0 in zip(
                 potential(dual), out[0], strict=True)))  # fmt: skip
     return out
+
+
+def _compared_beams(group) -> tuple[Tensor | None, Tensor]:
+    """The beams whose tangents a batch needs: (orient, row) the compared beam of each of
+    an orientation's (orientation, row) pairs (padded with the incident beam), and each
+    pair's slot there; (None, the beams) when that is not fewer than all of them."""
+    orient, n_orient = group.obs_orient, group.batch.mask.shape[0]
+    counts = torch.bincount(orient, minlength=n_orient)
+    width = int(counts.max()) if len(orient) else 0
+    if width == 0 or width >= group.batch.mask.shape[1]:
+        return None, group.obs_beam
+    order = torch.argsort(orient, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(orient)
+    slot[order] = torch.arange(len(orient), device=orient.device) - first[orient[order]]
+    rows = torch.zeros(n_orient, width, dtype=torch.long, device=orient.device)
+    rows[orient, slot] = group.obs_beam
+    return rows, slot
 
 
 def _tangent_inputs(

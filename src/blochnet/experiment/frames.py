@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
@@ -56,14 +57,19 @@ class FrameSimulator:
         the solver and the absorption κ.
     model : the crystal as tensors (cell: the data set's; scattering table and voltage as
         the plan's settings and data set say, see :meth:`build`).
+    recompute : keep nothing of an orientation batch for the backward pass, solve it again
+        there instead (``torch.utils.checkpoint``): the memory of one batch at a time
+        instead of every batch's (:meth:`kept_bytes`), for one more eigendecomposition per
+        orientation; the results are the same.
 
     The simulator only computes: everything that does not depend on the structure is in
     the plan, built once per data set and settings.
     """
 
-    def __init__(self, plan: FramePlan, model: CrystalModel) -> None:
+    def __init__(self, plan: FramePlan, model: CrystalModel, *, recompute: bool = False) -> None:
         self.plan = plan
         self.model = model
+        self.recompute = recompute
 
     @classmethod
     def build(
@@ -163,23 +169,44 @@ class FrameSimulator:
         width = 1 if weights is not None else thickness.shape[1]
         kappa = self.config.absorption if absorption is None else absorption
         out = torch.zeros(self.n_used, width, dtype=model.dtype, device=model.device)
+        recompute = self.recompute and torch.is_grad_enabled()
+        u_all = model.potential(self.plan.differences, atoms)  # every batch's, once
         for group in self.groups:
-            batch = group.batch
-            u = model.potential(batch.differences, atoms)
-            a, a_abs = self.batch_matrices(group, u, k, u0, rotations=rotations, absorption=kappa)
-            t = per_orientation(thickness, group)
-            intensity = bloch_intensities(
-                a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver
-            )
-            values = intensity[group.obs_orient, :, group.obs_beam]  # (m, sample)
-            if weights is not None:
-                w = per_orientation(weights, group)[group.obs_orient]
-                values = (values * w).sum(1, keepdim=True)
-            out = out.index_add(0, group.obs_row, values * group.obs_weight[:, None])
+            u = u_all[group.difference_rows]
+            inputs = (group, u, k, u0, thickness, rotations, weights, kappa)
+            if recompute:  # nothing of the batch kept for the backward pass: solved again
+                values = checkpoint(self._batch_intensities, *inputs, use_reentrant=False)
+            else:
+                values = self._batch_intensities(*inputs)
+            out = out.index_add(0, group.obs_row, values)
             if progress is not None:
-                progress(int(batch.mask.shape[0]))
+                progress(int(group.batch.mask.shape[0]))
         out = whole_rows(out, self.plan.processes)  # other processes' frames' rows
         return out[:, 0] if weights is not None else out
+
+    def _batch_intensities(self, group, u, k, u0, thickness, rotations, weights, kappa):
+        """(m, sample) or, with ``weights``, (m, 1) weighted intensities of the
+        (orientation, row) pairs of one orientation batch (``u``: U of its differences)."""
+        a, a_abs = self.batch_matrices(group, u, k, u0, rotations=rotations, absorption=kappa)
+        t = per_orientation(thickness, group)
+        intensity = bloch_intensities(
+            a, t, math.pi / k, absorptive=a_abs, solver=self.config.solver
+        )
+        values = intensity[group.obs_orient, :, group.obs_beam]  # (m, sample)
+        if weights is not None:
+            w = per_orientation(weights, group)[group.obs_orient]
+            values = (values * w).sum(1, keepdim=True)
+        return values * group.obs_weight[:, None]
+
+    def kept_bytes(self) -> int:
+        """Estimate of the memory an evaluation of :meth:`intensities` keeps for its
+        backward pass without ``recompute``: about 24 bytes per structure-matrix element in
+        float64 (measured on quartz: eigenvectors, indices, the matrices' graph), half in
+        float32."""
+        per_element = 24 if self.model.dtype == torch.float64 else 12
+        return per_element * sum(
+            int(g.batch.mask.shape[0]) * int(g.batch.mask.shape[1]) ** 2 for g in self.groups
+        )
 
     def batch_matrices(
         self,

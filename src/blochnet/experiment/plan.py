@@ -27,6 +27,7 @@ from blochnet.experiment.beam_plan import (
     build_groups,
     frame_orientations,
     integrated_orientations,
+    shared_differences,
 )
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.rocking import (
@@ -61,6 +62,8 @@ class FramePlan:
         :mod:`blochnet.experiment.shards`): ``groups`` then hold the orientations that
         this process's frames' rows read, and every other field the whole data set's.
     own_frames : the frame rows this process simulates (None: all of ``frames``).
+    differences : (difference, 3) every distinct g − h of the batches (each batch's
+        ``difference_rows`` point into it).
     """
 
     dataset: Dataset
@@ -75,6 +78,7 @@ class FramePlan:
     frames: np.ndarray | None = None
     processes: Processes = Processes()
     own_frames: np.ndarray | None = None
+    differences: torch.Tensor | None = None
 
     @property
     def n_used(self) -> int:
@@ -132,6 +136,7 @@ def build_plan(
         share = frame_shares(_frame_costs(orientations, dataset.n_frames), processes.size)
         own = np.flatnonzero(share == processes.rank)
         orientations = _read_by(orientations, np.isin(frame_of_used, own))
+    differences, groups = shared_differences(build_groups(orientations, dtype=dtype, device=device))
     return FramePlan(
         dataset=dataset,
         settings=settings,
@@ -140,7 +145,8 @@ def build_plan(
         windows=windows,
         used_rows=used_rows,
         frame_of_used=frame_of_used,
-        groups=tuple(build_groups(orientations, dtype=dtype, device=device)),
+        groups=tuple(groups),
+        differences=differences,
         dependencies=dependencies,
         frames=None if frames is None else np.asarray(frames),
         processes=processes,

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from jaxtyping import Float, Shaped
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from blochnet.physics.bloch import batched_eigensolver
@@ -45,7 +45,8 @@ def weighted_intensity_tangents(
     c_tangents: Float[Tensor, "direction orient"] | None = None,
     *,
     incident: int = 0,
-) -> tuple[Float[Tensor, "orient beam"], Float[Tensor, "direction orient beam"]]:
+    rows: Int[Tensor, "orient row"] | None = None,
+) -> tuple[Float[Tensor, "orient beam"], Float[Tensor, "direction orient row"]]:
     """Thickness-weighted intensities Σ_t w_t I_g(t) and their derivatives along directions.
 
     Parameters
@@ -59,10 +60,13 @@ def weighted_intensity_tangents(
     c_tangents : (direction, orient) ċ, or None where c does not change (with a tensor
         ``matrix_tangents``).
     incident : index of the incident beam.
+    rows : (orient, row) the beams whose tangents are wanted, per orientation (None: all):
+        the last product with V then costs rows·N² instead of N³ per direction.
 
     Returns
     -------
-    intensities (orient, beam) and tangents (direction, orient, beam).
+    intensities (orient, beam) and tangents (direction, orient, beam), or (direction,
+    orient, row) with ``rows``.
     """
     values, vectors = batched_eigensolver(torch.linalg.eigh, matrix)
     cdt = torch.complex128 if values.dtype == torch.float64 else torch.complex64
@@ -76,7 +80,10 @@ def weighted_intensity_tangents(
     weighted = psi.conj().transpose(1, 2) * weights[:, None, :].to(cdt)  # (o, beam, t)
     q = weighted @ phase
     q_tau = weighted @ (1j * tau[:, :, None].to(cdt) * phase)
-    vq, vq_tau = v * q, v * q_tau
+    if rows is not None:  # only the wanted beams g from here on
+        q, q_tau, weighted = (_rows(x, rows) for x in (q, q_tau, weighted))
+    v_rows = v if rows is None else _rows(v, rows)
+    vq, vq_tau = v_rows * q, v_rows * q_tau
     dz = values[:, :, None] - values[:, None, :]  # λ_i − λ_j
     near = dz.abs() * tau.abs().amax(1)[:, None, None] < NEAR
     off_diagonal = ~torch.eye(dz.shape[-1], dtype=torch.bool, device=dz.device)
@@ -85,7 +92,7 @@ def weighted_intensity_tangents(
     if len(o):  # nearly degenerate pairs i ≠ j: F_ij = i c t E_i φ(i c t (λ_j − λ_i))
         x = 1j * (tau[o] * (values[o, j] - values[o, i])[:, None]).to(cdt)  # (pair, t)
         f = 1j * tau[o].to(cdt) * phase[o, :, i] * _phi(x)  # (pair, t)
-        r_near = (weighted[o] @ f[:, :, None])[..., 0] * v[o, :, i]  # (pair, beam)
+        r_near = (weighted[o] @ f[:, :, None])[..., 0] * v_rows[o, :, i]  # (pair, beam)
     blocks = matrix_tangents() if callable(matrix_tangents) else [(matrix_tangents, c_tangents)]
     out = []
     for a_dot, c_dot in blocks:
@@ -93,12 +100,13 @@ def weighted_intensity_tangents(
         # symmetric A (centrosymmetric structures): real V, Ȧ, M and K
         work = vectors if not vectors.is_complex() and not a_dot.is_complex() else v
         bw = work[:, incident, :].conj()
+        work_rows = work if rows is None else _rows(work, rows)
         m = work.mH[None] @ a_dot.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
         k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
         # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
         # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
         total = matmul_mixed(vq[None], (k @ bw[None, :, :, None]))[..., 0]
-        vk, bq = work[None] @ k, b[:, None, :] * q
+        vk, bq = work_rows[None] @ k, b[:, None, :] * q
         total = total - (torch.complex((vk * bq.real).sum(-1), (vk * bq.imag).sum(-1))
                          if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
         diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
@@ -110,6 +118,12 @@ def weighted_intensity_tangents(
             total = total.index_add(1, o, coefficient[:, :, None] * r_near[None])
         out.append(2 * total.real)
     return intensity, torch.cat(out)
+
+
+def _rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` (orient, row) of every orientation's matrix ``x`` (orient, beam, ...)."""
+    index = rows.reshape(*rows.shape, *([1] * (x.ndim - 2))).expand(*rows.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
 
 
 def _phi(x: Tensor) -> Tensor:

@@ -69,6 +69,16 @@ class RefineConfig(BaseModel):
             "ones, the s.u. and the outputs with the converged beams (≥ epochs: all of them)"
         ),
     )
+    recompute: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description=(
+            "memory: 'always' keeps nothing of an orientation batch for the backward pass "
+            "and solves it again there (one more eigendecomposition per orientation and "
+            "epoch, the same results); 'auto' does so for a data set whose epochs would "
+            "otherwise keep more than a quarter of this machine's memory (shared among "
+            "the processes of a run on it)"
+        ),
+    )
     optimiser: Optimiser = Field(
         "adam",
         description="first stage: Adam with per-group learning rates, or L-BFGS (one "

@@ -7,12 +7,16 @@ The loss is the sum of the data sets' objectives (:mod:`blochnet.refinement.obje
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 import torch
 from torch import nn
 
 from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
+from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.refinement.config import RefineConfig
@@ -70,6 +74,10 @@ def build_refinement(
     """
     crystal = data[0].crystal if crystal is None else crystal
     simulators = [d.simulator(crystal) for d in data]
+    for sim in simulators:
+        sim.recompute = config.recompute == "always" or (
+            config.recompute == "auto" and sim.kept_bytes() > _memory_for_gradients()
+        )
     labels = [a.label for a in crystal.atoms]
     structure = StructureParameters(
         simulators[0].model,
@@ -110,6 +118,17 @@ def build_refinement(
             )
         )
     return Refinement(structure, objectives)
+
+
+def _memory_for_gradients() -> float:
+    """A quarter of this machine's memory, shared among the run's processes on it [bytes]
+    (infinite where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", shards.current().size))
+    return total / 4 / max(local, 1)
 
 
 def refinement_for(
