@@ -430,3 +430,24 @@ def test_forward_mode_jacobian_equals_the_reverse_mode_gradient(name, frames):
     forward_turn = torch.einsum("o,ofc->fc", probe, jac.orientation)
     torch.testing.assert_close(forward_turn, rotations.grad, rtol=1e-9, atol=1e-12)
     assert float(rotations.grad.abs().max()) > 0 and float(jac.structure.abs().max()) > 0
+
+
+def test_the_potential_in_pieces_equals_the_whole_with_its_gradient(monkeypatch):
+    from blochnet.experiment import frames
+    from blochnet.physics.crystal_model import CrystalModel
+
+    model = CrystalModel(read_structure(structure_path("quartz")), voltage=200.0)
+    hkl = torch.cartesian_prod(*[torch.arange(-4, 5)] * 3)
+    monkeypatch.setattr(frames, "_POTENTIAL_ELEMENTS", 50)  # 50 // 9 sites: 5 per piece
+
+    def potential(compute):
+        atoms = model.atom_tensors()
+        atoms.xyz.requires_grad_()
+        u = compute(model, hkl, atoms)
+        (u.abs() ** 2).sum().backward()
+        return u.detach(), atoms.xyz.grad
+
+    pieces = potential(frames.potential_in_chunks)
+    whole = potential(lambda m, h, a: m.potential(h, a))
+    for a, b in zip(pieces, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14 * float(b.abs().max()))

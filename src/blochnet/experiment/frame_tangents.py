@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from blochnet.errors import ConfigurationError
-from blochnet.experiment.frames import FrameSimulator, per_orientation
+from blochnet.experiment.frames import FrameSimulator, per_orientation, potential_in_chunks
 from blochnet.experiment.shards import sum_over_processes
 from blochnet.physics.crystal_model import AtomTensors
 from blochnet.physics.tangents import weighted_intensity_tangents
@@ -90,7 +90,7 @@ def _potential_tangents(simulator: FrameSimulator, atoms, atom_tangents) -> list
 
     def potential(values):
         k, u0 = model.wavevector(values, wavelength)
-        return model.potential(simulator.plan.differences, values), k, u0
+        return potential_in_chunks(model, simulator.plan.differences, values), k, u0
 
     out = [potential(atoms)]
     for tangent in atom_tangents:

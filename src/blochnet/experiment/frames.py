@@ -170,7 +170,7 @@ class FrameSimulator:
         kappa = self.config.absorption if absorption is None else absorption
         out = torch.zeros(self.n_used, width, dtype=model.dtype, device=model.device)
         recompute = self.recompute and torch.is_grad_enabled()
-        u_all = model.potential(self.plan.differences, atoms)  # every batch's, once
+        u_all = potential_in_chunks(model, self.plan.differences, atoms)  # every batch's, once
         for group in self.groups:
             u = u_all[group.difference_rows]
             inputs = (group, u, k, u0, thickness, rotations, weights, kappa)
@@ -243,6 +243,28 @@ def crystal_model(
         dtype=dtype,
         device=device,
     )
+
+
+# differences × cell sites per piece of the potential: a piece's temporaries (phases,
+# Debye–Waller factors, amplitudes: (site, difference) each) stay near 32 MiB in float64
+_POTENTIAL_ELEMENTS = 2**22
+
+
+def potential_in_chunks(model: CrystalModel, differences: Tensor, atoms: AtomTensors) -> Tensor:
+    """U of ``differences`` (difference, 3) at ``atoms``, in pieces of at most
+    ``_POTENTIAL_ELEMENTS`` differences × sites; with gradients on, each piece is
+    computed again in the backward pass instead of keeping its (site, difference)
+    temporaries (a zeolite-size cell: 387,000 differences × 120 sites)."""
+    size = max(1, _POTENTIAL_ELEMENTS // max(len(model.expansion.atom_index), 1))
+    if len(differences) <= size:
+        return model.potential(differences, atoms)
+    pieces = []
+    for part in differences.split(size):
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(model.potential, part, atoms, use_reentrant=False))
+        else:
+            pieces.append(model.potential(part, atoms))
+    return torch.cat(pieces)
 
 
 def per_orientation(values: Tensor, group) -> Tensor:
