@@ -8,9 +8,10 @@ shared among them), on a zeolite-size synthetic data set, and each process's mem
 The data set (made once with ``blochnet simulate`` unless --data gives one, and kept beside
 --out): the heulandite framework (C2/m, 2,055 Å³, 15 atoms), 126 frames over ±62.5° with
 semi-angle 2°, rows to 1.15 Å⁻¹ (57,425 rows), thickness wedge 600–900 Å, frame scales
-jittered by 10 %. The model: the structure displaced by about 0.05 Å, the default thickness
-network and per-frame orientations, refinement defaults but ``n_tilts`` (5; the default 41
-would make the plans of this cell ~10 GB) and a fixed t0 (no set-up).
+jittered by 10 %, simulated with the refinement's ``n_tilts``. The model: the structure
+displaced by about 0.05 Å, the default thickness network and per-frame orientations,
+refinement defaults but ``n_tilts`` (5; the default 41 would make the plans of this cell
+~10 GB) and a fixed t0 (no set-up).
 
 For each process count N: N fresh processes (``blochnet.cli.workers.run_local``, gloo on
 loopback, ``--threads`` each), each prepares its share of the frames, builds the model and
@@ -98,7 +99,7 @@ def _simulated(args) -> tuple[Path, Path]:
             [sys.executable, "-m", "blochnet", "simulate", str(args.structure), "--out",
              str(data), "--rotation", "-62.5", "62.5", "1", "--semi-angle", "2",
              "--resolution", "1.15", "--thickness-wedge", "600", "900", "0.2",
-             "--scale-jitter", "0.1", "--seed", "5", "--n-tilts", "11"],
+             "--scale-jitter", "0.1", "--seed", "5", "--n-tilts", str(args.n_tilts)],
             check=True,
         )  # fmt: skip
     truth = blochnet.read_structure(args.structure)
