@@ -12,17 +12,13 @@ import torch
 import torch.distributed as dist
 
 from blochnet.examples import example_path
-from blochnet.experiment.config import SelectionRule, SimulationConfig
 from blochnet.experiment.frame_tangents import frame_jacobian
 from blochnet.experiment.prepared import prepare
 from blochnet.experiment.shards import Processes, frame_shares
-from blochnet.experiment.specimen import ConstantThickness
-from blochnet.experiment.synthetic import GeneratedGeometry, NoiseModel, simulate_experiment
 from blochnet.io.cif import read_structure
+from refinement.small_data import SIMULATION, small_quartz_frames
 
-FRAME = SimulationConfig(
-    n_tilts=3, g_max=1.4, sg_max=0.03, selection=SelectionRule(g_max=1.0, rsg_max=1.0)
-)
+FRAME = SIMULATION
 INTEGRATED = FRAME.model_copy(update={"rocking": "integrated"})
 
 
@@ -71,17 +67,8 @@ def one_process_group():
 
 @pytest.fixture(scope="module")
 def quartz():
-    torch.set_num_threads(1)
     crystal = read_structure(example_path("quartz"))
-    dataset, _ = simulate_experiment(
-        crystal,
-        generated=GeneratedGeometry(rotation=(-20.0, 20.0, 5.0), resolution=1.0),
-        thickness=ConstantThickness(value=400.0),
-        noise=NoiseModel(dose=1e8, background=1.0),
-        config=FRAME,
-        seed=2,
-    )
-    return crystal, dataset
+    return crystal, small_quartz_frames(crystal, seed=2)
 
 
 @pytest.mark.parametrize("settings", [FRAME, INTEGRATED], ids=["frame", "integrated"])

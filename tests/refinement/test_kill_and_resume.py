@@ -4,23 +4,17 @@ moment (set-up, epochs, s.u.) loses at most the work since the last checkpoint, 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from small_data import small_quartz_frames
+from small_data import refine_command, run_refine, small_refinement_inputs
 
-from blochnet.examples import example_path
 from blochnet.io.cif import read_structure
-from blochnet.io.cif_write import write_structure
-from blochnet.io.pets_write import write_pets
-from blochnet.lattice import direct_matrix
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.interrupts import Interrupted
 from blochnet.refinement.pipeline import refine
@@ -55,37 +49,13 @@ thickness = 0.0
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> list[Path]:
     """A displaced quartz structure, small synthetic data and the configuration, as files."""
-    folder = tmp_path_factory.mktemp("inputs")
-    truth = read_structure(example_path("quartz"))
-    data = folder / "small.cif_pets"
-    write_pets(small_quartz_frames(truth, seed=3), data)
-    start = copy.deepcopy(truth)
-    shift = np.linalg.solve(direct_matrix(start.cell), np.array([0.03, -0.025, 0.031]))
-    start.atom("O1").xyz = start.atom("O1").xyz + shift
-    structure = write_structure(start, folder / "start.cif")
-    config = folder / "refine.toml"
-    config.write_text(CONFIG)
-    return [structure, data, config]
-
-
-def _command(inputs, out: Path, *extra: str) -> list[str]:
-    structure, data, config = inputs
-    return [
-        sys.executable, "-m", "blochnet", "refine", str(structure), str(data),
-        "--config", str(config), "--out", str(out), "--threads", "1", *extra,
-    ]  # fmt: skip
-
-
-def _run(inputs, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(_command(inputs, out, *extra), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done
+    return small_refinement_inputs(tmp_path_factory.mktemp("inputs"), CONFIG)
 
 
 def _signal_when(inputs, out: Path, marker: str, signum: int) -> tuple[int, str]:
     """Start a run, send ``signum`` when ``marker`` appears on its stderr; (status, stderr)."""
     process = subprocess.Popen(
-        _command(inputs, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        refine_command(inputs, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
     seen = []
     for line in process.stderr:
@@ -102,7 +72,7 @@ def _signal_when(inputs, out: Path, marker: str, signum: int) -> tuple[int, str]
 @pytest.fixture(scope="module")
 def straight(inputs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight")
-    _run(inputs, out)
+    run_refine(inputs, out)
     return out
 
 
@@ -137,7 +107,7 @@ def test_a_sigkill_in_any_stage_resumes_to_the_same_refined_structure(
     assert not (tmp_path / "refined.cif").exists()
     if stage == "set-up":
         assert not (tmp_path / "checkpoint.pt").exists()
-    resumed = _run(inputs, tmp_path, "--resume")
+    resumed = run_refine(inputs, tmp_path, "--resume")
     if stage == "set-up":
         assert "nothing to resume" in resumed.stderr
     else:
@@ -155,7 +125,7 @@ def test_ctrl_c_or_sigterm_in_the_first_epoch_saves_a_checkpoint_and_says_how_to
     assert f"interrupted ({name}: stopped after epoch" in stderr
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     assert (tmp_path / "checkpoint.pt").exists()
-    resumed = _run(inputs, tmp_path, "--resume")
+    resumed = run_refine(inputs, tmp_path, "--resume")
     assert "epoch    1 " not in resumed.stderr  # it went on from the checkpoint
     assert_same_result(tmp_path, straight)
 

@@ -4,7 +4,6 @@ same epoch and ``--resume`` goes on to that result, and input errors are reporte
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -16,13 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from small_data import small_quartz_frames
-
-from blochnet.examples import example_path
-from blochnet.io.cif import read_structure
-from blochnet.io.cif_write import write_structure
-from blochnet.io.pets_write import write_pets
-from blochnet.lattice import direct_matrix
+from small_data import refine_command, run_refine, small_refinement_inputs
 
 # the defaults but for size: the set-up (hand, thickness scan, beam checks), the
 # thickness network, orientations, the robust loss and the convergence steps all run
@@ -45,36 +38,14 @@ t0 = 500.0
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("inputs")
-    truth = read_structure(example_path("quartz"))
-    data = folder / "small.cif_pets"
-    write_pets(small_quartz_frames(truth, seed=3), data)
-    start = copy.deepcopy(truth)
-    shift = np.linalg.solve(direct_matrix(start.cell), np.array([0.03, -0.025, 0.031]))
-    start.atom("O1").xyz = start.atom("O1").xyz + shift
-    config = folder / "refine.toml"
-    config.write_text(CONFIG)
-    return [write_structure(start, folder / "start.cif"), data, config]
-
-
-def _command(inputs, out: Path, *extra: str) -> list[str]:
-    structure, data, config = inputs
-    return [
-        sys.executable, "-m", "blochnet", "refine", str(structure), str(data),
-        "--config", str(config), "--out", str(out), "--threads", "1", *extra,
-    ]  # fmt: skip
-
-
-def _run(inputs, out: Path, *extra: str, env=None) -> subprocess.CompletedProcess:
-    done = subprocess.run(_command(inputs, out, *extra), capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    return done
+    """A displaced quartz structure, small synthetic data and the configuration, as files."""
+    return small_refinement_inputs(tmp_path_factory.mktemp("inputs"), CONFIG)
 
 
 @pytest.fixture(scope="module")
 def one(inputs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one")
-    _run(inputs, out)
+    run_refine(inputs, out)
     return out
 
 
@@ -106,7 +77,7 @@ def _close(x, y, what: str) -> None:
 
 
 def test_two_workers_give_the_result_of_one_process(inputs, one, tmp_path):
-    done = _run(inputs, tmp_path, "--workers", "2")
+    done = run_refine(inputs, tmp_path, "--workers", "2")
     assert_same_result(tmp_path, one)
     assert done.stderr.count("epoch    6 ") == 1  # printed by one process
     report = json.loads((tmp_path / "report.json").read_text())
@@ -123,7 +94,7 @@ def test_processes_started_by_a_launcher_join_its_group(inputs, one, tmp_path):
     base = os.environ | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     started = [
         subprocess.Popen(
-            _command(inputs, tmp_path),
+            refine_command(inputs, tmp_path),
             env=base | {"RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -141,7 +112,7 @@ def test_ctrl_c_stops_every_worker_after_one_epoch_and_resume_ends_at_the_same_r
     inputs, one, tmp_path
 ):
     process = subprocess.Popen(
-        _command(inputs, tmp_path, "--workers", "2"),
+        refine_command(inputs, tmp_path, "--workers", "2"),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     seen = []
@@ -156,7 +127,7 @@ def test_ctrl_c_stops_every_worker_after_one_epoch_and_resume_ends_at_the_same_r
     assert process.returncode == 130, stderr
     assert "interrupted (SIGINT: stopped after epoch" in stderr and "Traceback" not in stderr
     assert stderr.count("interrupted") == 1
-    resumed = _run(inputs, tmp_path, "--workers", "2", "--resume")
+    resumed = run_refine(inputs, tmp_path, "--workers", "2", "--resume")
     assert "epoch    1 " not in resumed.stderr
     assert_same_result(tmp_path, one)
 
@@ -190,7 +161,7 @@ def test_an_input_error_is_reported_once_by_the_workers(inputs, tmp_path):
 )
 def test_worker_counts_are_checked(inputs, tmp_path, extra, env, message):
     done = subprocess.run(
-        _command(inputs, tmp_path, *extra), capture_output=True, text=True,
+        refine_command(inputs, tmp_path, *extra), capture_output=True, text=True,
         env=os.environ | env,
     )  # fmt: skip
     assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -64,7 +64,7 @@ def refine(
     ] = 1,
 ) -> None:
     from blochnet.cli.runtime import prepare_compute
-    from blochnet.cli.workers import launched_size, run_local
+    from blochnet.cli.workers import check_gpus, launched_size, run_local
     from blochnet.errors import ConfigurationError
     from blochnet.examples import example_dataset_path, example_path
 
@@ -84,15 +84,10 @@ def refine(
             "(WORLD_SIZE): give one or the other"
         )
     job = (list(files), out, settings, device, resume, quiet)
-    if workers > 1 and prepare_compute(device) == "cuda":
-        import torch
-
-        if workers > torch.cuda.device_count():
-            raise ConfigurationError(
-                f"--workers {workers} --device cuda: this machine has "
-                f"{torch.cuda.device_count()} GPU(s), and each process needs one of its own"
-            )
     if workers > 1:
+        prepare_compute(device)  # the device checked before any process starts
+        if device == "cuda":
+            check_gpus(workers)
         status = run_local(workers, run_process, job, threads=threads)
         if status:
             raise typer.Exit(status)

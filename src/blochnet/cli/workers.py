@@ -47,6 +47,19 @@ def launched_size() -> int:
     return size
 
 
+def check_gpus(processes: int) -> None:
+    """Refuse ``processes`` CUDA processes on this machine where it has fewer GPUs (each
+    process needs one of its own)."""
+    import torch
+
+    if processes > torch.cuda.device_count():
+        raise ConfigurationError(
+            f"{processes} processes with --device cuda on this machine: it has "
+            f"{torch.cuda.device_count()} GPU(s), and each process needs one of its own; "
+            "start fewer processes per machine"
+        )
+
+
 @contextmanager
 def process_group(device: str, *, rank: int, size: int, address: str) -> Iterator[None]:
     """Join the process group of ``size`` processes as ``rank`` (``address``: an
@@ -57,13 +70,8 @@ def process_group(device: str, *, rank: int, size: int, address: str) -> Iterato
 
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":  # one GPU per process: LOCAL_RANK under a launcher, else the rank
-        local, gpus = int(os.environ.get("LOCAL_RANK", rank)), torch.cuda.device_count()
-        if local >= gpus:
-            raise ConfigurationError(
-                f"process {rank} of {size} (local rank {local}) with --device cuda: this "
-                f"machine has {gpus} GPU(s), one per process is needed; start fewer "
-                "processes per machine"
-            )
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        check_gpus(local + 1)
         torch.cuda.set_device(local)
     try:
         dist.init_process_group(backend, init_method=address, rank=rank, world_size=size)

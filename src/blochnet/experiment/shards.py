@@ -21,7 +21,6 @@ function here is the identity.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +133,8 @@ def gather_objects(value) -> list:
 
 
 def _device() -> torch.device:
+    """Where the backend's small tensors live: this process's GPU for NCCL (the one the
+    process group was joined with), else the CPU."""
     if dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -132,9 +132,7 @@ def optimise_adam(
             loss = objective()
             _check_finite(objective, loss, good)
             forward = time.perf_counter()
-            if loss.requires_grad:  # (a process without frames of its own has nothing)
-                loss.backward()
-            sum_gradients(objective.parameters())  # (several processes: their shares)
+            _backward(objective, loss)
             _check_finite(objective, loss, good, gradients=True)
             backward = time.perf_counter()
             good = copy.deepcopy(objective.state_dict())
@@ -228,8 +226,7 @@ class _ScaledLBFGS:
                 self.zero_grad()
                 loss = objective()
                 _check_finite(objective, loss, good)
-                loss.backward()
-                sum_gradients(objective.parameters())
+                _backward(objective, loss)
                 _check_finite(objective, loss, good, gradients=True)
             for p, q, r in zip(self.params, self.q, self.rates, strict=True):
                 q.grad = r * p.grad if p.grad is not None else torch.zeros_like(q)
@@ -299,6 +296,14 @@ def _converged(history: list[EpochRecord], tolerance: float, patience: int) -> b
         return False
     before, now = history[-patience - 1].loss, min(h.loss for h in history[-patience:])
     return abs(before - now) <= tolerance * before
+
+
+def _backward(objective: nn.Module, loss: torch.Tensor) -> None:
+    """The gradients of ``loss``, summed over the processes the frames are shared among
+    (a process without frames of its own has no graph, only the others' sum)."""
+    if loss.requires_grad:
+        loss.backward()
+    sum_gradients(objective.parameters())
 
 
 def _check_finite(objective: nn.Module, loss, good: dict, *, gradients: bool = False) -> None:

@@ -100,7 +100,7 @@ def refine(
     Inside a ``torch.distributed`` process group of several processes, every process runs
     this with its share of the frames (:mod:`blochnet.experiment.shards`) and the same
     results; give each its own ``out_dir`` (rank 0 the real one) and a copy of what
-    ``resume`` reads (:mod:`blochnet.refinement.processes`).
+    ``resume`` reads (as :mod:`blochnet.cli.workers` does).
     """
     timings = timings or Timings(device=str(device or "cpu"))
     config = config or RefineConfig()
