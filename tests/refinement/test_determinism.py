@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 import pytest
-from test_kill_and_resume import _run, inputs  # noqa: F401 (a fixture)
+from small_data import run_refine
+from test_kill_and_resume import inputs  # noqa: F401 (a fixture)
 
 TIMES = {"wall_time_s", "timings", "seconds", "forward_s", "backward_s"}
 
@@ -46,7 +47,7 @@ def _largest_difference(a: Path, b: Path) -> float:
 def two_runs(inputs, tmp_path_factory):  # noqa: F811
     runs = [tmp_path_factory.mktemp(name) for name in ("first", "second")]
     for out in runs:
-        _run(inputs, out)
+        run_refine(inputs, out)
     return runs
 
 
@@ -60,7 +61,7 @@ def test_two_runs_write_the_same_files_and_numbers(two_runs):
 def test_another_thread_count_changes_the_numbers_by_less_than_1e_7(inputs, two_runs, tmp_path):  # noqa: F811
     structure, data, config = inputs
     out = tmp_path / "two-threads"
-    _run(inputs, out, "--threads", "2")
+    run_refine(inputs, out, "--threads", "2")
     # the convergence steps carry the threads' 5e-13 to ~1e-9, and a difference-map peak's
     # sub-grid position (a parabola through neighbouring map values) amplifies it further
     assert _largest_difference(two_runs[0], out) < 1e-7
