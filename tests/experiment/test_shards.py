@@ -72,7 +72,7 @@ def quartz():
 
 
 @pytest.mark.parametrize("settings", [FRAME, INTEGRATED], ids=["frame", "integrated"])
-def test_the_shares_of_three_processes_sum_to_the_intensities_of_one(
+def test_the_shares_of_three_processes_sum_to_the_intensities_of_one_and_so_do_their_sample_bases(
     quartz, one_process_group, settings
 ):
     crystal, dataset = quartz
@@ -81,10 +81,20 @@ def test_the_shares_of_three_processes_sum_to_the_intensities_of_one(
     weights = torch.tensor([[0.3, 0.7]], dtype=torch.float64).repeat(n, 1)
     rotations = torch.from_numpy(np.random.default_rng(1).normal(0, 1e-3, (n, 3)))
 
+    other = torch.tensor([[0.9, 0.1]], dtype=torch.float64).repeat(n, 1)
+
     def simulate(processes):
         sim = prepare(crystal, dataset, settings, processes=processes).simulator()
         atoms = sim.model.atom_tensors()
         ic = sim.intensities(atoms, thickness, rotations=rotations, weights=weights)
+        # the intensities at the samples per (row, frame) serve any weights on them
+        basis = sim.sample_basis(atoms, thickness, rotations=rotations)
+        for w, expected in ((weights, ic), (other, None)):
+            if expected is None:
+                expected = sim.intensities(atoms, thickness, rotations=rotations, weights=w)
+            torch.testing.assert_close(
+                basis.intensities(w), expected, rtol=1e-12, atol=1e-14 * float(ic.max())
+            )
         return sim, ic
 
     whole_sim, whole = simulate(None)

@@ -125,7 +125,8 @@ def test_a_nan_stops_the_step_names_the_parameter_and_keeps_the_last_good_state(
         [dataset],
         _config(learning_rates=LearningRates(xyz=5e-4, adp=0.0, orientation=0.0, thickness=1e-3)),
     )
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = model.state_dict().items()  # (and the thickness fit's optimiser: not a tensor)
+    before = {k: v.clone() for k, v in state if isinstance(v, torch.Tensor)}
     thickness = model.objectives[0].thickness
     param = next(thickness.parameters())
     with torch.no_grad():
@@ -665,3 +666,41 @@ def test_gauss_newton_steps_end_on_the_shift_over_su_test(synthetic):
     assert after < before
     assert _distance(crystal, refined_crystal(model.structure, su), crystal) < 0.002
     assert np.max(su["shift_over_su"]) == record["max_shift_su"][-1]
+
+
+def test_the_profiled_thickness_fit_lowers_the_loss_and_leaves_the_partial_gradient(synthetic):
+    """With ``thickness_steps`` an evaluation fits the grid thickness model on one solve's
+    intensities, then its loss is that of the fitted model and its structure gradient is
+    the partial one at the fitted weights (the envelope theorem): the same as the gradient
+    of the unprofiled objective evaluated with the fitted thickness held."""
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=5e-4, adp=3e-4, orientation=0.0, thickness=1e-3)
+    grid = ThicknessConfig(kind="neural-grid", t0=520.0, n_grid=8)
+    profiled = refinement_for(
+        _moved(crystal, 0.02), [dataset], _config(thickness=grid, learning_rates=rates,
+                                                  thickness_steps=30),
+    )  # fmt: skip
+    plain = refinement_for(
+        _moved(crystal, 0.02), [dataset], _config(thickness=grid, learning_rates=rates,
+                                                  thickness_steps=0),
+    )  # fmt: skip
+    from blochnet.refinement.engine import parameter_groups
+
+    parameter_groups(profiled, rates.model_dump())
+    parameter_groups(plain, rates.model_dump())
+    with torch.no_grad():
+        before = float(profiled())  # without gradients: no fit
+    loss = profiled()
+    loss.backward()
+    assert float(loss) < 0.9 * before
+    assert all(p.grad is None for p in profiled.objectives[0].thickness.parameters())
+    # the unprofiled objective at the fitted thickness (and robust scale)
+    plain.load_state_dict(profiled.state_dict())
+    for p in plain.objectives[0].thickness.parameters():
+        p.requires_grad_(False)
+    again = plain()
+    again.backward()
+    assert float(again) == pytest.approx(float(loss), rel=1e-12)
+    for a, b in zip(profiled.structure.shifts(), plain.structure.shifts(), strict=True):
+        if a.requires_grad and a.numel():
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)

@@ -28,7 +28,9 @@ a whole thickness scan) per frame is one tensor operation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.plan import FramePlan, build_plan
 from blochnet.experiment.selection import ReflectionSelection
-from blochnet.experiment.shards import whole_rows
+from blochnet.experiment.shards import Processes, whole_rows
 from blochnet.physics.beams import excitation_errors
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
@@ -184,6 +186,68 @@ class FrameSimulator:
         out = whole_rows(out, self.plan.processes)  # other processes' frames' rows
         return out[:, 0] if weights is not None else out
 
+    def sample_basis(
+        self,
+        atoms: AtomTensors,
+        thickness: Float[Tensor, "frame sample"],
+        *,
+        rotations: Float[Tensor, "frame 3"] | None = None,
+        absorption: Float[Tensor, ""] | float | None = None,
+    ) -> SampleBasis:
+        """The intensities of :meth:`intensities` before the thickness weights: for every
+        (row, frame) pair the row's rocking-curve integral at each thickness sample, over
+        the orientations that take that frame's thickness distribution (in integrated mode
+        a row's window blends neighbouring frames). :meth:`SampleBasis.intensities` then
+        gives the rows for any weights on the same samples, without solving again: the
+        thickness model is fitted on it in many cheap steps. Differentiable like
+        :meth:`intensities`."""
+        model = self.model
+        k, u0 = model.wavevector(atoms, self.dataset.wavelength)
+        kappa = self.config.absorption if absorption is None else absorption
+        pairs = self._pairs()
+        width = thickness.shape[1]
+        basis = torch.zeros(len(pairs.row), width, dtype=model.dtype, device=model.device)
+        recompute = self.recompute and torch.is_grad_enabled()
+        u_all = potential_in_chunks(model, self.plan.differences, atoms)
+        for group, (own, other) in zip(self.groups, pairs.of_group, strict=True):
+            u = u_all[group.difference_rows]
+            inputs = (group, u, k, u0, thickness, rotations, None, kappa)
+            if recompute:
+                values = checkpoint(self._batch_intensities, *inputs, use_reentrant=False)
+            else:
+                values = self._batch_intensities(*inputs)
+            if group.blended:
+                blend = group.blend[group.obs_orient].to(values.dtype)[:, None]
+                basis = basis.index_add(0, own, values * (1 - blend))
+                basis = basis.index_add(0, other, values * blend)
+            else:
+                basis = basis.index_add(0, own, values)
+        return SampleBasis(basis, pairs.row, pairs.frame, self.n_used, self.plan.processes)
+
+    def _pairs(self) -> _Pairs:
+        """The (row, frame) pairs of :meth:`sample_basis` (made once per simulator)."""
+        if getattr(self, "_pair_index", None) is None:
+            n_frames = max(self.dataset.n_frames, 1)
+            keys = []
+            for group in self.groups:
+                row = group.obs_row.cpu().numpy()
+                keys.append(row * n_frames + group.frame[group.obs_orient].cpu().numpy())
+                keys.append(row * n_frames + group.neighbour[group.obs_orient].cpu().numpy())
+            every = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+            unique, inverse = np.unique(every, return_inverse=True)
+            device = self.model.device
+            as_index = lambda x: torch.as_tensor(x, dtype=torch.long, device=device)  # noqa: E731
+            bounds = np.cumsum([0] + [len(x) for x in keys])
+            of_group = [
+                (as_index(inverse[bounds[2 * n] : bounds[2 * n + 1]]),
+                 as_index(inverse[bounds[2 * n + 1] : bounds[2 * n + 2]]))
+                for n in range(len(self.groups))
+            ]  # fmt: skip
+            self._pair_index = _Pairs(
+                as_index(unique // n_frames), as_index(unique % n_frames), of_group
+            )
+        return self._pair_index
+
     def _batch_intensities(self, group, u, k, u0, thickness, rotations, weights, kappa):
         """(m, sample) or, with ``weights``, (m, 1) weighted intensities of the
         (orientation, row) pairs of one orientation batch (``u``: U of its differences)."""
@@ -229,6 +293,38 @@ class FrameSimulator:
             directions = (turn @ directions[:, :, None])[..., 0]
         s = excitation_errors(self.model.g_vectors(batch.hkl), k * directions)
         return structure_matrices(batch, u, s, k, u0, absorption)
+
+
+@dataclass
+class _Pairs:
+    row: Tensor  # (pair,) used row
+    frame: Tensor  # (pair,) frame whose thickness weights it takes
+    of_group: list[tuple[Tensor, Tensor]]  # per group: pair of each (orientation, row)
+    # entry for its own frame and for its neighbour
+
+
+@dataclass
+class SampleBasis:
+    """Intensities at each thickness sample per (row, frame) pair (``values`` (pair,
+    sample)), from :meth:`FrameSimulator.sample_basis`: row r's intensity for per-frame
+    weights w (frame, sample) on the same samples is Σ over its pairs Σ_s values·w[frame]."""
+
+    values: Tensor
+    row: Tensor
+    frame: Tensor
+    n_rows: int
+    processes: Processes
+
+    def intensities(self, weights: Float[Tensor, "frame sample"]) -> Float[Tensor, " obs"]:
+        """(obs,) the rows' intensities for thickness weights ``weights``; differentiable
+        in both (with the frames shared among processes, every row, as
+        :meth:`FrameSimulator.intensities`)."""
+        per_pair = (self.values * weights[self.frame]).sum(1)
+        out = per_pair.new_zeros(self.n_rows).index_add(0, self.row, per_pair)
+        return whole_rows(out[:, None], self.processes)[:, 0]
+
+    def detach(self) -> SampleBasis:
+        return dataclasses.replace(self, values=self.values.detach())
 
 
 def crystal_model(

@@ -47,7 +47,7 @@ class RefineConfig(BaseModel):
     thickness: ThicknessConfig = Field(default_factory=ThicknessConfig)
     orientation: OrientationConfig = Field(default_factory=OrientationConfig)
     learning_rates: LearningRates = Field(default_factory=LearningRates)
-    epochs: int = Field(80, ge=1)
+    epochs: int = Field(30, ge=1)
     precision: Precision = Field(
         "float64",
         description=(
@@ -61,7 +61,7 @@ class RefineConfig(BaseModel):
         10, ge=0, description="epochs in float64 at the end of a mixed-precision refinement"
     )
     final_converged_epochs: int = Field(
-        10,
+        5,
         ge=0,
         description=(
             "when the set-up refines the beam set, every epoch but the last "
@@ -78,6 +78,20 @@ class RefineConfig(BaseModel):
             "otherwise keep more than a quarter of this machine's memory (shared among "
             "the processes of a run on it)"
         ),
+    )
+    thickness_steps: int = Field(
+        50,
+        ge=0,
+        description=(
+            "thickness models on a fixed grid of samples (neural-grid): at every epoch the "
+            "model is fitted in this many Adam steps (rate thickness_rate) on the "
+            "intensities of that epoch's one solve, before the step of the other "
+            "parameters (the thickness profiled out: fewer epochs to the same fit); 0: "
+            "the thickness model is one more group of the optimiser"
+        ),
+    )
+    thickness_rate: float = Field(
+        1e-2, gt=0, description="Adam's rate of the thickness fits of thickness_steps"
     )
     optimiser: Optimiser = Field(
         "adam",

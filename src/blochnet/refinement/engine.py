@@ -254,7 +254,7 @@ def _mismatch(current: dict, saved: dict) -> str:
     shapes = [
         f"{k} {tuple(saved[k].shape)} saved, {tuple(v.shape)} here"
         for k, v in current.items()
-        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+        if k in saved and hasattr(v, "shape") and tuple(saved[k].shape) != tuple(v.shape)
     ]
     parts = [
         f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"

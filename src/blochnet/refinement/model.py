@@ -115,6 +115,8 @@ def build_refinement(
                 orientation=orientation,
                 instability=config.instability,
                 robust=config.robust,
+                thickness_steps=config.thickness_steps,
+                thickness_rate=config.thickness_rate,
             )
         )
     return Refinement(structure, objectives)

@@ -40,9 +40,10 @@ from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
 from blochnet.experiment.frame_tangents import frame_jacobian
-from blochnet.experiment.frames import FrameSimulator
+from blochnet.experiment.frames import FrameSimulator, SampleBasis
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
 from blochnet.experiment.observations import Observations
+from blochnet.experiment.shards import sum_gradients
 from blochnet.refinement.orientation import FrameOrientation
 from blochnet.refinement.parameters import StructureParameters
 
@@ -64,6 +65,13 @@ class Objective(nn.Module):
     instability : u of the weights w = 1/(σ² + (u·Io)²) (0: w = 1/σ²). The R values and
         the "observed" test (Io > 3σ) use σ itself.
     robust : b of the Cauchy loss (module notes); 0: plain weighted least squares.
+    thickness_steps : for a thickness model whose samples are fixed (a grid, only the
+        weights learned), every evaluation with gradients first fits the model in this many
+        Adam steps (rate ``thickness_rate``) on the intensities at its samples, which one
+        solve gives (:meth:`FrameSimulator.sample_basis`); the loss is then that of the
+        fitted model, and its gradient is that of the loss with the thickness profiled out
+        (the thickness model gets none: it is fitted here). 0: the thickness model is one
+        more parameter group of the optimiser.
     """
 
     def __init__(
@@ -77,8 +85,13 @@ class Objective(nn.Module):
         instability: float = 0.0,
         robust: float = 0.0,
         orientation: nn.Module | None = None,
+        thickness_steps: int = 0,
+        thickness_rate: float = 1e-2,
     ) -> None:
         super().__init__()
+        self.thickness_steps = int(thickness_steps) if thickness.fixed_samples else 0
+        self.thickness_rate = float(thickness_rate)
+        self._thickness_fit: torch.optim.Adam | None = None
         self.simulator = simulator
         self.observations = observations
         self.structure = structure
@@ -154,10 +167,76 @@ class Objective(nn.Module):
         return self._robust_form(self._weighted(ic, self.scales(ic)))
 
     def forward(self) -> Tensor:
-        """The loss over the fit set: Σ w (Io − k Ic)², or its robust form (module notes)."""
-        ic, scales = self.calculated()
+        """The loss over the fit set: Σ w (Io − k Ic)², or its robust form (module notes);
+        with ``thickness_steps`` and gradients on, after fitting the thickness model."""
+        ic, scales = self._profiled() if self._profiles() else self.calculated()
         self._last = (ic.detach(), scales.detach())
         return (self._robust_form(self._weighted(ic, scales)) ** 2).sum()
+
+    def loss_of(self, ic: Tensor) -> Tensor:
+        """The loss for calculated intensities ``ic`` (obs,), differentiable in ``ic``."""
+        return (self.residuals_of(ic) ** 2).sum()
+
+    def _profiles(self) -> bool:
+        return (
+            self.thickness_steps > 0
+            and torch.is_grad_enabled()
+            and any(p.requires_grad for p in self.thickness.parameters())
+        )
+
+    def _profiled(self) -> tuple[Tensor, Tensor]:
+        """Ic and scales as :meth:`calculated`, the thickness model fitted first."""
+        samples, _ = self.thickness()
+        basis = self.simulator.sample_basis(
+            self.structure.atoms(), samples.detach(), rotations=self.rotations(),
+            absorption=self.structure.absorption(),
+        )  # fmt: skip
+        self.fit_thickness(basis.detach(), self.thickness_steps)
+        with torch.no_grad():
+            _, weights = self.thickness()
+        ic = basis.intensities(weights)
+        return ic, self.scales(ic)
+
+    def fit_thickness(self, basis: SampleBasis, steps: int) -> None:
+        """``steps`` Adam steps of the thickness model on the loss of ``basis``'s
+        intensities (the structure and orientations held), the rate falling along a cosine
+        from ``thickness_rate`` to 0 within the call; the optimiser's moments carry over
+        from one call to the next (and are saved with the model).
+
+        The falling rate ends every fit with small steps: with a constant one, Adam keeps
+        stepping by about the rate around the minimum, and where those steps go depends
+        on rounding (a refinement shared among processes would then drift from the same
+        refinement in one)."""
+        params = [p for p in self.thickness.parameters() if p.requires_grad]
+        if self._thickness_fit is None:
+            self._thickness_fit = torch.optim.Adam(params, lr=self.thickness_rate)
+        optimiser = self._thickness_fit
+        with torch.enable_grad():
+            for n in range(steps):
+                for group in optimiser.param_groups:
+                    group["lr"] = self.thickness_rate * 0.5 * (1 + math.cos(math.pi * n / steps))
+                optimiser.zero_grad()
+                _, weights = self.thickness()
+                loss = self.loss_of(basis.intensities(weights))
+                if loss.requires_grad:
+                    loss.backward()
+                sum_gradients(params)  # (the frames shared among processes)
+                optimiser.step()
+        for p in params:  # the optimiser of the other parameters takes none of this
+            p.grad = None
+
+    def get_extra_state(self) -> dict:
+        """The thickness fit's optimiser state (see ``thickness_steps``), saved with the
+        parameters so that a resumed run takes the same steps."""
+        fit = self._thickness_fit
+        return {} if fit is None else {"thickness_fit": fit.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._thickness_fit = None
+        if state and "thickness_fit" in state:
+            params = [p for p in self.thickness.parameters() if p.requires_grad]
+            self._thickness_fit = torch.optim.Adam(params, lr=self.thickness_rate)
+            self._thickness_fit.load_state_dict(state["thickness_fit"])
 
     def _weighted(self, ic: Tensor, scales: Tensor) -> Tensor:
         """(fit,) weighted residuals (Io − k Ic)/σ_w of the fit set."""

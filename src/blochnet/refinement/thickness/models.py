@@ -30,6 +30,11 @@ Samples = tuple[Float[Tensor, "frame sample"], Float[Tensor, "frame sample"]]
 class ThicknessModel(nn.Module):
     """Interface of every thickness model (see the module docstring)."""
 
+    # True where the samples do not depend on the parameters (only the weights do): the
+    # intensities at the samples then serve every value of the parameters, and the model
+    # can be fitted on them without solving again (see Objective's thickness_steps)
+    fixed_samples: bool = False
+
     def forward(self) -> Samples:
         """samples (frame, sample) [Å] and weights (frame, sample), summing to 1 per frame."""
         raise NotImplementedError

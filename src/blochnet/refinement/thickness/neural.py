@@ -223,6 +223,8 @@ class NeuralGridThickness(LearnedFrameComponent, ThicknessModel):
             dtype=dtype,
         )
 
+    fixed_samples = True  # the grid: only the weights are learned
+
     def forward(self) -> Samples:
         weights = torch.softmax(self.prior + self.network(self.features), dim=-1)
         return self.grid.expand_as(weights), weights
