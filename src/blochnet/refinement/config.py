@@ -93,6 +93,18 @@ class RefineConfig(BaseModel):
     thickness_rate: float = Field(
         1e-2, gt=0, description="Adam's rate of the thickness fits of thickness_steps"
     )
+    structure_steps: Literal["gauss-newton", "adam"] = Field(
+        "gauss-newton",
+        description=(
+            "how the structure parameters step in the epochs: from epoch "
+            "gauss_newton_after on, Gauss–Newton steps (JᵀJ + λ diag JᵀJ) δ = −Jᵀr with the "
+            "epoch's exact gradient and the normal matrix of one forward-mode Jacobian "
+            "(made once, λ = gauss_newton_damping), the other parameters with Adam; or "
+            "Adam for every parameter"
+        ),
+    )
+    gauss_newton_after: int = Field(5, ge=0, description="Adam epochs before the first one")
+    gauss_newton_damping: float = Field(0.1, ge=0, description="λ of those steps")
     optimiser: Optimiser = Field(
         "adam",
         description="first stage: Adam with per-group learning rates, or L-BFGS (one "

@@ -95,6 +95,7 @@ def optimise_adam(
     merit: Callable[[], dict[str, float]] | None = None,
     method: Literal["adam", "lbfgs"] = "adam",
     lr_final: float = 1.0,
+    second_order: Callable[[int, float], None] | None = None,
 ) -> list[EpochRecord]:
     """Minimise ``objective()`` with Adam (or L-BFGS); returns the per-epoch history.
 
@@ -105,6 +106,10 @@ def optimise_adam(
     ``lr_final`` < 1 (Adam): every group's rate follows a cosine from its value at the
     first epoch to ``lr_final`` times it at the last (a function of the epoch number
     alone, so a resumed run takes the same steps).
+
+    ``second_order(epoch, loss)`` (Adam) runs after each gradient, before Adam's step: it may
+    step some parameters itself (from the gradient) and clear their gradients, which Adam
+    then leaves alone (e.g. :meth:`Refinement.gauss_newton_step`).
 
     ``sum_w_io2`` (Σ w Io²) turns the loss into wR2 for the history where ``merit`` does
     not give ``wr2`` itself (it must for a loss other than least squares). ``after_step`` runs
@@ -140,6 +145,8 @@ def optimise_adam(
             if method == "lbfgs":
                 optimiser.step(objective, loss, good)
             else:
+                if second_order is not None:
+                    second_order(epoch, float(loss.detach()))
                 optimiser.step()
             if after_step is not None:
                 after_step()

@@ -22,6 +22,7 @@ from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
+from blochnet.refinement.uncertainty import forward_mode_applies, structure_jacobian
 
 DEFAULT_START = 600.0  # starting thickness [Å] where neither the configuration nor a scan sets one
 
@@ -33,6 +34,50 @@ class Refinement(nn.Module):
         super().__init__()
         self.structure = structure
         self.objectives = nn.ModuleList(objectives)
+        self.normal: torch.Tensor | None = None  # JᵀJ of the structure (gauss_newton_step)
+        self.last_loss, self.damping_factor = math.inf, 1.0  # (and its damping)
+
+    def gauss_newton_step(self, loss: float, *, damping: float = 0.1) -> bool:
+        """Step the refined structure parameters by (JᵀJ + λ diag JᵀJ) δ = −Jᵀr, with Jᵀr
+        = ½ the gradient of the loss they hold (an epoch's, exact) and JᵀJ of one
+        forward-mode Jacobian (:func:`~blochnet.refinement.uncertainty.structure_jacobian`)
+        at the first call and kept (with the parameters: a resumed run takes the same
+        steps), as least-squares programs use the matrix of an earlier cycle; their
+        gradients are then cleared. As in Levenberg–Marquardt, λ = ``damping`` grows ×4
+        after a step that the next ``loss`` (the objective this epoch) shows did not lower
+        it, and shrinks back by 2 after one that did. False (nothing done) where forward
+        mode does not apply or a gradient is missing."""
+        active = [p for p in self.structure.shifts() if p.requires_grad and p.numel()]
+        if not active or any(p.grad is None for p in active) or not forward_mode_applies(self):
+            return False
+        if self.normal is None:
+            with torch.no_grad():
+                _, jac = structure_jacobian(self, active)
+            self.normal = jac.T @ jac
+        self.damping_factor = (
+            self.damping_factor * 4 if loss > self.last_loss else max(self.damping_factor / 2, 1)
+        )
+        self.last_loss = float(loss)
+        normal = self.normal.to(active[0].dtype)
+        damping = damping * self.damping_factor
+        gradient = torch.cat([p.grad.reshape(-1) for p in active]) / 2
+        delta = -torch.linalg.solve(normal + damping * torch.diag(torch.diagonal(normal)), gradient)
+        with torch.no_grad():
+            for p, part in zip(active, delta.split([p.numel() for p in active]), strict=True):
+                p.add_(part.reshape(p.shape))
+                p.grad = None
+        return True
+
+    def get_extra_state(self) -> dict:
+        if self.normal is None:
+            return {}
+        return {"normal": self.normal, "loss": self.last_loss, "factor": self.damping_factor}
+
+    def set_extra_state(self, state: dict) -> None:
+        state = state or {}
+        self.normal = state.get("normal")
+        self.last_loss = state.get("loss", math.inf)
+        self.damping_factor = state.get("factor", 1.0)
 
     def forward(self) -> torch.Tensor:
         return sum(objective() for objective in self.objectives)

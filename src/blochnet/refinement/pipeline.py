@@ -276,12 +276,17 @@ def _adam(
     tolerance: float = 1e-5,
 ):  # fmt: skip
     sum_w_io2 = sum(float(((o.i_obs / o.weight_sigma) ** 2)[o.fit].sum()) for o in model.objectives)
+
+    def second_order(epoch: int, loss: float) -> None:
+        if config.structure_steps == "gauss-newton" and epoch >= config.gauss_newton_after:
+            model.gauss_newton_step(loss, damping=config.gauss_newton_damping)
+
     return optimise_adam(
         model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
         sum_w_io2=sum_w_io2, checkpoint=checkpoint,
         checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
         report=report, merit=model.last_r_values, method=config.optimiser,
-        lr_final=config.lr_final, tolerance=tolerance,
+        lr_final=config.lr_final, tolerance=tolerance, second_order=second_order,
     )  # fmt: skip
 
 
