@@ -24,6 +24,10 @@ from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
 from blochnet.refinement.uncertainty import forward_mode_applies, structure_jacobian
 
+# a new normal matrix for the epochs' Gauss–Newton steps once the loss has fallen by this
+# factor since the last one was made (glycine: from 119,000 at the first to 33,000 by the
+# fourth step, and the steps with the first matrix stall near 26,000)
+NEW_MATRIX_DROP = 3.0
 DEFAULT_START = 600.0  # starting thickness [Å] where neither the configuration nor a scan sets one
 
 
@@ -35,33 +39,35 @@ class Refinement(nn.Module):
         self.structure = structure
         self.objectives = nn.ModuleList(objectives)
         self.normal: torch.Tensor | None = None  # JᵀJ of the structure (gauss_newton_step)
-        self.last_loss, self.damping_factor = math.inf, 1.0  # (and its damping)
+        self.matrix_loss = math.inf  # the loss when it was made
+        self.last_loss, self.damping_factor = math.inf, 1.0  # (and the steps' damping)
 
     def gauss_newton_step(self, loss: float, *, damping: float = 0.1) -> bool:
         """Step the refined structure parameters by (JᵀJ + λ diag JᵀJ) δ = −Jᵀr, with Jᵀr
-        = ½ the gradient of the loss they hold (an epoch's, exact) and JᵀJ of one
-        forward-mode Jacobian (:func:`~blochnet.refinement.uncertainty.structure_jacobian`)
-        at the first call and kept (with the parameters: a resumed run takes the same
-        steps), as least-squares programs use the matrix of an earlier cycle; their
-        gradients are then cleared. As in Levenberg–Marquardt, λ = ``damping`` grows ×4
-        after a step that the next ``loss`` (the objective this epoch) shows did not lower
-        it, and shrinks back by 2 after one that did. False (nothing done) where forward
-        mode does not apply or a gradient is missing."""
+        = ½ the gradient of the loss they hold (an epoch's, exact) and JᵀJ of a
+        forward-mode Jacobian (:func:`~blochnet.refinement.uncertainty.structure_jacobian`),
+        as least-squares programs use the matrix of an earlier cycle; their gradients are
+        then cleared. The matrix is made at the first call and again once ``loss`` (this
+        epoch's objective) has fallen below 1/``NEW_MATRIX_DROP`` of its value when the
+        last one was made (the fit, and with it J, has changed); it is kept with the
+        parameters, so a resumed run takes the same steps. As in Levenberg–Marquardt,
+        λ = ``damping`` doubles after a step that the next ``loss`` shows did not lower it
+        and halves back after one that did. False (nothing done) where forward mode does
+        not apply or a gradient is missing."""
         active = [p for p in self.structure.shifts() if p.requires_grad and p.numel()]
         if not active or any(p.grad is None for p in active) or not forward_mode_applies(self):
             return False
-        if self.normal is None:
+        if self.normal is None or loss < self.matrix_loss / NEW_MATRIX_DROP:
             with torch.no_grad():
                 _, jac = structure_jacobian(self, active)
-            self.normal = jac.T @ jac
-        self.damping_factor = (
-            self.damping_factor * 4 if loss > self.last_loss else max(self.damping_factor / 2, 1)
-        )
+            self.normal, self.matrix_loss = jac.T @ jac, float(loss)
+        worse = loss > self.last_loss
+        self.damping_factor = self.damping_factor * 2 if worse else max(self.damping_factor / 2, 1)
         self.last_loss = float(loss)
         normal = self.normal.to(active[0].dtype)
-        damping = damping * self.damping_factor
+        lam = damping * self.damping_factor
         gradient = torch.cat([p.grad.reshape(-1) for p in active]) / 2
-        delta = -torch.linalg.solve(normal + damping * torch.diag(torch.diagonal(normal)), gradient)
+        delta = -torch.linalg.solve(normal + lam * torch.diag(torch.diagonal(normal)), gradient)
         with torch.no_grad():
             for p, part in zip(active, delta.split([p.numel() for p in active]), strict=True):
                 p.add_(part.reshape(p.shape))
@@ -71,11 +77,13 @@ class Refinement(nn.Module):
     def get_extra_state(self) -> dict:
         if self.normal is None:
             return {}
-        return {"normal": self.normal, "loss": self.last_loss, "factor": self.damping_factor}
+        return {"normal": self.normal, "matrix_loss": self.matrix_loss,
+                "loss": self.last_loss, "factor": self.damping_factor}  # fmt: skip
 
     def set_extra_state(self, state: dict) -> None:
         state = state or {}
         self.normal = state.get("normal")
+        self.matrix_loss = state.get("matrix_loss", math.inf)
         self.last_loss = state.get("loss", math.inf)
         self.damping_factor = state.get("factor", 1.0)
 
