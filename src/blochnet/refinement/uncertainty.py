@@ -121,6 +121,7 @@ def structure_uncertainties(
     ratio = torch.where(su_active > 0, step.abs() / su_active, torch.zeros_like(step))
     return _propagate(structure, full, sizes) | {
         "gof": gof2**0.5,
+        "loss": float((r**2).sum()),
         "shift_over_su": ratio.detach().cpu().numpy(),
         "gauss_newton_step": (-step).detach(),
         "normal": normal.detach(),
@@ -145,9 +146,11 @@ def converge_structure(
     (the gradient is exact), and a shift that is small against the s.u. does not change
     JᵀJ noticeably. Where the test does not fall by at least 1/``CHORD_CONTRACTION`` from
     one step to the next (far from the minimum, where J changes along the steps), a new
-    Jacobian is made. A step is taken only when it lowers the objective (else halved, up to
-    three times); the thickness model, the orientations and the robust loss's scale stay
-    as refined (a fixed objective, so that the steps converge as Gauss–Newton does).
+    Jacobian is made (unless the last step allowed has been taken: the test is then read
+    with the matrix it was made with). A step is taken only when it lowers the objective
+    (else halved, up to three times); the thickness model, the orientations and the robust
+    loss's scale stay as refined (a fixed objective, so that the steps converge as
+    Gauss–Newton does).
     """
     active = [p for p in model.structure.shifts() if p.requires_grad and p.numel()]
     steps, history = 0, []
@@ -164,8 +167,10 @@ def converge_structure(
         su = structure_uncertainties(
             model, n_parameters=n_parameters, jacobian=(r, gradient, su["normal"])
         )
-        if float(np.max(su["shift_over_su"], initial=0.0)) > CHORD_CONTRACTION * largest:
-            # the steps do not converge at the rate of a good matrix: a new Jacobian
+        slow = float(np.max(su["shift_over_su"], initial=0.0)) > CHORD_CONTRACTION * largest
+        if slow and steps < max_steps:
+            # the steps do not converge at the rate of a good matrix: a new Jacobian for
+            # the next (after the last step allowed, the test is read with this one)
             su = structure_uncertainties(model, n_parameters=n_parameters)
     record = {"limit": limit, "steps": steps, "max_shift_su": history,
               "converged": bool(history[-1] < limit)}  # fmt: skip
@@ -207,7 +212,7 @@ def _step(model, active: list[Tensor], su: dict) -> bool:
             for p, part in zip(active, delta.split(sizes), strict=True):
                 p.add_(scale * part.reshape(p.shape).to(p.dtype))
 
-    before = loss()
+    before = su["loss"]  # Σ r² where the step was computed
     fraction, applied = 1.0, 0.0
     for _ in range(4):
         move(fraction - applied)
