@@ -72,6 +72,7 @@ class FrameSimulator:
         self.plan = plan
         self.model = model
         self.recompute = recompute
+        self._pair_index: _Pairs | None = None  # (row, frame) pairs of sample_basis
 
     @classmethod
     def build(
@@ -167,24 +168,32 @@ class FrameSimulator:
         constants here: :mod:`blochnet.experiment.shards`).
         """
         model = self.model
-        k, u0 = model.wavevector(atoms, self.dataset.wavelength)
         width = 1 if weights is not None else thickness.shape[1]
-        kappa = self.config.absorption if absorption is None else absorption
         out = torch.zeros(self.n_used, width, dtype=model.dtype, device=model.device)
+        batches = self._solved_batches(atoms, thickness, rotations, weights, absorption)
+        for group, values in batches:
+            out = out.index_add(0, group.obs_row, values)
+            if progress is not None:
+                progress(int(group.batch.mask.shape[0]))
+        out = whole_rows(out, self.plan.processes)  # other processes' frames' rows
+        return out[:, 0] if weights is not None else out
+
+    def _solved_batches(self, atoms, thickness, rotations, weights, absorption):
+        """(group, values) of every orientation batch in turn: ``values`` (m, sample), or
+        (m, 1) with ``weights``, the batch's (orientation, row) intensities times their
+        integration weights (:meth:`_batch_intensities`)."""
+        model = self.model
+        k, u0 = model.wavevector(atoms, self.dataset.wavelength)
+        kappa = self.config.absorption if absorption is None else absorption
         recompute = self.recompute and torch.is_grad_enabled()
         u_all = potential_in_chunks(model, self.plan.differences, atoms)  # every batch's, once
         for group in self.groups:
             u = u_all[group.difference_rows]
             inputs = (group, u, k, u0, thickness, rotations, weights, kappa)
             if recompute:  # nothing of the batch kept for the backward pass: solved again
-                values = checkpoint(self._batch_intensities, *inputs, use_reentrant=False)
+                yield group, checkpoint(self._batch_intensities, *inputs, use_reentrant=False)
             else:
-                values = self._batch_intensities(*inputs)
-            out = out.index_add(0, group.obs_row, values)
-            if progress is not None:
-                progress(int(group.batch.mask.shape[0]))
-        out = whole_rows(out, self.plan.processes)  # other processes' frames' rows
-        return out[:, 0] if weights is not None else out
+                yield group, self._batch_intensities(*inputs)
 
     def sample_basis(
         self,
@@ -202,20 +211,11 @@ class FrameSimulator:
         thickness model is fitted on it in many cheap steps. Differentiable like
         :meth:`intensities`."""
         model = self.model
-        k, u0 = model.wavevector(atoms, self.dataset.wavelength)
-        kappa = self.config.absorption if absorption is None else absorption
         pairs = self._pairs()
         width = thickness.shape[1]
         basis = torch.zeros(len(pairs.row), width, dtype=model.dtype, device=model.device)
-        recompute = self.recompute and torch.is_grad_enabled()
-        u_all = potential_in_chunks(model, self.plan.differences, atoms)
-        for group, (own, other) in zip(self.groups, pairs.of_group, strict=True):
-            u = u_all[group.difference_rows]
-            inputs = (group, u, k, u0, thickness, rotations, None, kappa)
-            if recompute:
-                values = checkpoint(self._batch_intensities, *inputs, use_reentrant=False)
-            else:
-                values = self._batch_intensities(*inputs)
+        batches = self._solved_batches(atoms, thickness, rotations, None, absorption)
+        for (group, values), (own, other) in zip(batches, pairs.of_group, strict=True):
             if group.blended:
                 blend = group.blend[group.obs_orient].to(values.dtype)[:, None]
                 basis = basis.index_add(0, own, values * (1 - blend))
@@ -226,7 +226,7 @@ class FrameSimulator:
 
     def _pairs(self) -> _Pairs:
         """The (row, frame) pairs of :meth:`sample_basis` (made once per simulator)."""
-        if getattr(self, "_pair_index", None) is None:
+        if self._pair_index is None:
             n_frames = max(self.dataset.n_frames, 1)
             keys = []
             for group in self.groups:

@@ -98,9 +98,10 @@ class RefineConfig(BaseModel):
         description=(
             "how the structure parameters step in the epochs: from epoch "
             "gauss_newton_after on, Gauss–Newton steps (JᵀJ + λ diag JᵀJ) δ = −Jᵀr with the "
-            "epoch's exact gradient and the normal matrix of one forward-mode Jacobian "
-            "(made once, λ = gauss_newton_damping), the other parameters with Adam; or "
-            "Adam for every parameter"
+            "epoch's exact gradient and the normal matrix of a forward-mode Jacobian "
+            "(made at the first such epoch and again after each threefold drop of the loss; "
+            "λ = gauss_newton_damping), the other parameters with Adam; or Adam for every "
+            "parameter"
         ),
     )
     gauss_newton_after: int = Field(5, ge=0, description="Adam epochs before the first one")

@@ -22,7 +22,11 @@ from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
-from blochnet.refinement.uncertainty import forward_mode_applies, structure_jacobian
+from blochnet.refinement.uncertainty import (
+    add_to_parameters,
+    forward_mode_applies,
+    structure_jacobian,
+)
 
 # a new normal matrix for the epochs' Gauss–Newton steps once the loss has fallen by this
 # factor since the last one was made (glycine: from 119,000 at the first to 33,000 by the
@@ -68,10 +72,9 @@ class Refinement(nn.Module):
         lam = damping * self.damping_factor
         gradient = torch.cat([p.grad.reshape(-1) for p in active]) / 2
         delta = -torch.linalg.solve(normal + lam * torch.diag(torch.diagonal(normal)), gradient)
-        with torch.no_grad():
-            for p, part in zip(active, delta.split([p.numel() for p in active]), strict=True):
-                p.add_(part.reshape(p.shape))
-                p.grad = None
+        add_to_parameters(active, delta)
+        for p in active:
+            p.grad = None
         return True
 
     def get_extra_state(self) -> dict:

@@ -209,7 +209,7 @@ class Objective(nn.Module):
         refinement in one)."""
         params = [p for p in self.thickness.parameters() if p.requires_grad]
         if self._thickness_fit is None:
-            self._thickness_fit = torch.optim.Adam(params, lr=self.thickness_rate)
+            self._thickness_fit = self._fit_optimiser()
         optimiser = self._thickness_fit
         with torch.enable_grad():
             for n in range(steps):
@@ -234,9 +234,13 @@ class Objective(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._thickness_fit = None
         if state and "thickness_fit" in state:
-            params = [p for p in self.thickness.parameters() if p.requires_grad]
-            self._thickness_fit = torch.optim.Adam(params, lr=self.thickness_rate)
+            self._thickness_fit = self._fit_optimiser()
             self._thickness_fit.load_state_dict(state["thickness_fit"])
+
+    def _fit_optimiser(self) -> torch.optim.Adam:
+        """A new optimiser of the thickness fit (over the model's refined parameters)."""
+        params = [p for p in self.thickness.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.thickness_rate)
 
     def _weighted(self, ic: Tensor, scales: Tensor) -> Tensor:
         """(fit,) weighted residuals (Io − k Ic)/σ_w of the fit set."""

@@ -80,7 +80,7 @@ def structure_jacobian(model, active: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def structure_uncertainties(
-    model, *, n_parameters: int, jacobian: tuple[Tensor, Tensor] | None = None
+    model, *, n_parameters: int, jacobian: tuple[Tensor, Tensor, Tensor] | None = None
 ) -> dict:
     """s.u. of the refined structure parameters of a :class:`~blochnet.refinement.model.Refinement`.
 
@@ -201,16 +201,13 @@ def _step(model, active: list[Tensor], su: dict) -> bool:
     """Apply the Gauss–Newton step of ``su`` to ``active`` when it lowers the objective
     (halving it up to three times); False when no fraction of it does."""
     delta = su["gauss_newton_step"]
-    sizes = [p.numel() for p in active]
 
     def loss() -> float:
         with torch.no_grad():
             return float(sum((o.residuals() ** 2).sum() for o in model.objectives))
 
     def move(scale: float) -> None:
-        with torch.no_grad():
-            for p, part in zip(active, delta.split(sizes), strict=True):
-                p.add_(scale * part.reshape(p.shape).to(p.dtype))
+        add_to_parameters(active, scale * delta)
 
     before = su["loss"]  # Σ r² where the step was computed
     fraction, applied = 1.0, 0.0
@@ -223,6 +220,13 @@ def _step(model, active: list[Tensor], su: dict) -> bool:
         fraction /= 2
     move(-applied)
     return False
+
+
+def add_to_parameters(active: list[Tensor], delta: Tensor) -> None:
+    """Add ``delta`` (the parameters' values in turn, flattened) to ``active``."""
+    with torch.no_grad():
+        for p, part in zip(active, delta.split([p.numel() for p in active]), strict=True):
+            p.add_(part.reshape(p.shape).to(p.dtype))
 
 
 def _propagate(structure, cov: Tensor, sizes: list[int]) -> dict:
