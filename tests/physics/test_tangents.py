@@ -76,3 +76,26 @@ def test_tangents_of_chosen_rows_are_those_rows_of_all(real, degenerate):
     _, chosen = weighted_intensity_tangents(a, thickness, c, weights, d, rows=rows)
     expected = torch.gather(every, 2, rows[None].expand(2, -1, -1))
     torch.testing.assert_close(chosen, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("real", [True, False])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_single_precision_products_give_the_tangents_to_single_precision(real, degenerate):
+    """``single``: the direction-dependent products in complex64 / float32 (the
+    eigendecomposition in float64) give the float64 tangents to ~1e-6 relative, in float64
+    tensors, with c changing too and on chosen rows; the intensities stay exact."""
+    a = _hermitian(5, 16, real=real, seed=11, degenerate=degenerate)
+    d = torch.stack([_hermitian(5, 16, real=real, seed=s) for s in (12, 13, 14)])
+    thickness = torch.linspace(80.0, 1800.0, 9, dtype=torch.float64).expand(5, -1)
+    weights = torch.full((5, 9), 1 / 9, dtype=torch.float64)
+    c = torch.full((5,), 0.08, dtype=torch.float64)
+    c_dot = torch.tensor([[1e-3] * 5, [0.0] * 5, [-2e-3] * 5], dtype=torch.float64)
+    rows = torch.tensor([[0, 3, 9], [1, 2, 15], [7, 6, 4], [0, 0, 1], [5, 8, 11]])
+    exact = weighted_intensity_tangents(a, thickness, c, weights, d, c_dot, rows=rows)
+    single = weighted_intensity_tangents(a, thickness, c, weights, d, c_dot, rows=rows,
+                                         single=True)  # fmt: skip
+    assert single[1].dtype == torch.float64
+    torch.testing.assert_close(single[0], exact[0], rtol=1e-14, atol=0)
+    scale = float(exact[1].abs().max())
+    error = float((single[1] - exact[1]).abs().max()) / scale
+    assert 1e-12 < error < 1e-5  # rounded in single precision, and only that

@@ -53,8 +53,11 @@ def one(inputs, tmp_path_factory) -> Path:
 # One evaluation agrees to 1e-12 with the frames shared (test_shards). This refinement of
 # a small data set far from its minimum (its loss doubles and halves between epochs), with
 # 50 thickness-fit steps per epoch, amplifies the rounding of sums taken in another order
-# (1e-16) to about 1e-9 after its 6 epochs and Gauss–Newton steps.
-AGREE = 1e-8
+# (1e-16) to about 1e-9 after its 6 epochs and Gauss–Newton steps; the normal matrices of
+# those steps are made in single precision (derivatives to ~1e-7 relative, rounded
+# differently where each process batches other orientations), which moves the steps by
+# ~2e-7 relative: far below any s.u., but above the rounding of float64 sums.
+AGREE = 1e-6
 
 
 def assert_same_result(out: Path, reference: Path) -> None:
@@ -75,7 +78,7 @@ def assert_same_result(out: Path, reference: Path) -> None:
     for key in ("scale", "thickness_mean", "thickness_width", "orientation_correction_deg"):
         _close([f[key] for f in a["frames"]], [f[key] for f in b["frames"]], key)
     assert a["convergence"]["max_shift_su"] == pytest.approx(
-        b["convergence"]["max_shift_su"], rel=1e-8
+        b["convergence"]["max_shift_su"], rel=AGREE
     )
     assert (out / "refined.cif").exists()
 

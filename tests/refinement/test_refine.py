@@ -737,3 +737,90 @@ def test_a_gauss_newton_step_in_the_epochs_takes_the_structure_back_with_one_mat
     with torch.no_grad():
         assert float(model()) < losses[0]
     assert errors[-1] < 0.75 * errors[0]  # (this small data set is far from linear at 0.01 Å)
+
+
+def test_the_gauss_newton_step_that_makes_its_matrix_also_turns_the_frames(synthetic):
+    """The step that makes a normal matrix moves every frame's free rotation with the
+    structure (three more Jacobian directions): the rotations given to the frames come
+    back towards the true (zero) ones; the next step, with the kept matrix, moves only
+    the structure and leaves the rotations' gradients to Adam; new simulation settings
+    make a new matrix, whose step turns the frames again. (A turn about the beam changes
+    the excitation errors only to second order: the tilts across it are what the data
+    determine.)"""
+    from blochnet.experiment.geometry import beam_directions
+
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=5e-4, adp=0.0, orientation=1e-4, thickness=0.0)
+    config = _config(learning_rates=rates, refine_orientation=True)
+    model = refinement_for(_moved(crystal, 0.005), [dataset], config)
+    from blochnet.refinement.engine import parameter_groups
+
+    parameter_groups(model, rates.model_dump())
+    rotation = model.objectives[0].orientation.rotation
+    with torch.no_grad():
+        rotation.copy_(torch.randn(rotation.shape, generator=torch.Generator().manual_seed(4),
+                                   dtype=rotation.dtype) * 5e-4)  # fmt: skip
+    model.update_robust_scale(fresh=True)
+
+    beam = torch.as_tensor(beam_directions(dataset), dtype=rotation.dtype)
+
+    def tilt() -> float:
+        r = rotation.detach()
+        return float((r - (r * beam).sum(1, keepdim=True) * beam).norm())
+
+    def step() -> float:
+        model.zero_grad()
+        loss = model()
+        loss.backward()
+        assert model.gauss_newton_step(float(loss), damping=0.1)
+        return float(loss)
+
+    before, loss = tilt(), step()
+    first = model.normal
+    assert tilt() < 0.8 * before
+    with torch.no_grad():
+        assert float(model()) < 0.6 * loss
+    assert rotation.grad is None  # used by the step
+    kept = rotation.detach().clone()
+    step()
+    assert model.normal is first  # kept
+    assert torch.equal(rotation.detach(), kept) and rotation.grad is not None  # Adam's
+    model.settings_key = lambda: "other settings"  # e.g. the last epochs' converged beams
+    step()
+    assert model.normal is not first
+    assert not torch.equal(rotation.detach(), kept)
+
+
+def test_the_convergence_test_starts_from_the_epochs_matrix(synthetic, monkeypatch):
+    """converge_structure with the epochs' kept matrix (made at the refined state by an
+    epoch's Gauss–Newton step): the test reads the exact gradient with that matrix, makes
+    no Jacobian, and gives the s.u. of a fresh Jacobian; a matrix made at a loss more
+    than twice the current one, or at other settings, is not taken."""
+    from blochnet.refinement import uncertainty
+    from blochnet.refinement.engine import parameter_groups
+    from blochnet.refinement.uncertainty import converge_structure
+
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    model = refinement_for(_moved(crystal, 0.002), [dataset], _config(learning_rates=rates))
+    parameter_groups(model, rates.model_dump())
+    model.update_robust_scale(fresh=True)
+    n = count_parameters(model)
+    fresh, record = converge_structure(model, n_parameters=n, max_steps=10)
+    assert record["converged"]
+    model.zero_grad()
+    loss = model()
+    loss.backward()
+    model.gauss_newton_step(float(loss), damping=0.1)  # makes the matrix here
+    made = []
+    original = uncertainty.structure_jacobian
+    monkeypatch.setattr(uncertainty, "structure_jacobian",
+                        lambda *a, **k: made.append(1) or original(*a, **k))  # fmt: skip
+    su, record = converge_structure(model, n_parameters=n, kept=model.kept_matrix)
+    assert record["converged"] and not made
+    np.testing.assert_allclose(su["xyz"], fresh["xyz"], rtol=0, atol=1e-6)
+    exact = structure_uncertainties(model, n_parameters=n)  # a Jacobian made here
+    np.testing.assert_allclose(su["free"], exact["free"], rtol=1e-3)
+    assert model.kept_matrix(model.matrix_loss / 3) is None  # the loss has fallen since
+    model.settings_key = lambda: "other settings"
+    assert model.kept_matrix(model.matrix_loss) is None

@@ -206,9 +206,14 @@ def shared_differences(
     batches (small batches of large beam sets share most of their differences)."""
     if not groups:
         return torch.zeros(0, 3, dtype=torch.long), []
-    table, inverse = torch.unique(
-        torch.cat([g.batch.differences for g in groups]), dim=0, return_inverse=True
-    )
+    every = torch.cat([g.batch.differences for g in groups])
+    values = every.cpu().numpy()
+    span = int(np.abs(values).max(initial=0)) + 1
+    base = 2 * span + 1  # (h, k, l) as one integer: numpy's unique of a vector is fast
+    key = ((values[:, 0] + span) * base + values[:, 1] + span) * base + values[:, 2] + span
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    table = every[torch.as_tensor(first, device=every.device)]
+    inverse = torch.as_tensor(inverse.reshape(-1), device=every.device)
     rows = inverse.split([len(g.batch.differences) for g in groups])
     pairs = zip(groups, rows, strict=True)
     return table, [dataclasses.replace(g, difference_rows=r) for g, r in pairs]

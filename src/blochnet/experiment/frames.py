@@ -216,12 +216,8 @@ class FrameSimulator:
         basis = torch.zeros(len(pairs.row), width, dtype=model.dtype, device=model.device)
         batches = self._solved_batches(atoms, thickness, rotations, None, absorption)
         for (group, values), (own, other) in zip(batches, pairs.of_group, strict=True):
-            if group.blended:
-                blend = group.blend[group.obs_orient].to(values.dtype)[:, None]
-                basis = basis.index_add(0, own, values * (1 - blend))
-                basis = basis.index_add(0, other, values * blend)
-            else:
-                basis = basis.index_add(0, own, values)
+            blend = group.blend[group.obs_orient].to(values.dtype) if group.blended else None
+            basis = basis + _Accumulate.apply(values, own, other, blend, len(pairs.row))
         return SampleBasis(basis, pairs.row, pairs.frame, self.n_used, self.plan.processes)
 
     def _pairs(self) -> _Pairs:
@@ -325,6 +321,30 @@ class SampleBasis:
 
     def detach(self) -> SampleBasis:
         return dataclasses.replace(self, values=self.values.detach())
+
+
+class _Accumulate(torch.autograd.Function):
+    """Rows ``values`` (m, sample) summed into ``n`` pairs: row i into pair own[i], or with
+    ``blend`` (m,) its share 1 − blend into own[i] and blend into other[i]. Keeps only the
+    indices and shares for the backward pass (``index_add`` keeps its whole source)."""
+
+    @staticmethod
+    def forward(ctx, values, own, other, blend, n):
+        out = values.new_zeros(n, values.shape[1])
+        if blend is None:
+            ctx.save_for_backward(own)
+            return out.index_add_(0, own, values)
+        ctx.save_for_backward(own, other, blend)
+        out.index_add_(0, own, values * (1 - blend)[:, None])
+        return out.index_add_(0, other, values * blend[:, None])
+
+    @staticmethod
+    def backward(ctx, grad):
+        if len(ctx.saved_tensors) == 1:
+            return grad[ctx.saved_tensors[0]], None, None, None, None
+        own, other, blend = ctx.saved_tensors
+        share = grad[own] * (1 - blend)[:, None] + grad[other] * blend[:, None]
+        return share, None, None, None, None
 
 
 def crystal_model(

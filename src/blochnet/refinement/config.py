@@ -99,9 +99,10 @@ class RefineConfig(BaseModel):
             "how the structure parameters step in the epochs: from epoch "
             "gauss_newton_after on, Gauss–Newton steps (JᵀJ + λ diag JᵀJ) δ = −Jᵀr with the "
             "epoch's exact gradient and the normal matrix of a forward-mode Jacobian "
-            "(made at the first such epoch and again after each threefold drop of the loss; "
-            "λ = gauss_newton_damping), the other parameters with Adam; or Adam for every "
-            "parameter"
+            "(made at the first such epoch, again after each threefold drop of the loss and "
+            "when the settings change; λ = gauss_newton_damping), the epoch that makes it "
+            "also stepping every frame's rotation by Gauss–Newton, the other parameters "
+            "with Adam; or Adam for every parameter"
         ),
     )
     gauss_newton_after: int = Field(5, ge=0, description="Adam epochs before the first one")

@@ -122,7 +122,7 @@ def jacobian(model) -> tuple[Tensor, Tensor, list[_Block]]:
     return r.detach(), sum_over_processes(torch.stack(columns, dim=1).detach()), blocks
 
 
-def forward_jacobian(model) -> tuple[Tensor, Tensor, list[_Block]] | None:
+def forward_jacobian(model, *, single: bool = False) -> tuple[Tensor, Tensor, list[_Block]] | None:
     """:func:`jacobian` in forward mode (:meth:`Objective.jacobian`): one
     eigendecomposition per orientation for every column, the orientation columns of all
     frames from three directions. None where it does not apply (a refined κ or absorption,
@@ -142,7 +142,9 @@ def forward_jacobian(model) -> tuple[Tensor, Tensor, list[_Block]] | None:
         return None  # a global thickness among the parameters
     if not forward_mode_applies(model):
         return None
-    parts = [o.jacobian(orientation=n in owners) for n, o in enumerate(model.objectives)]
+    parts = [
+        o.jacobian(orientation=n in owners, single=single) for n, o in enumerate(model.objectives)
+    ]
     rows = np.cumsum([0] + [len(r) for r, _ in parts])
     structure = torch.cat([jac[:, :n_structure] for _, jac in parts])
     columns = [structure]

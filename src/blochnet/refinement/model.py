@@ -20,6 +20,7 @@ from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.refinement.config import RefineConfig
+from blochnet.refinement.gauss_newton import _frame_rotations, forward_jacobian
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
 from blochnet.refinement.uncertainty import (
@@ -32,6 +33,7 @@ from blochnet.refinement.uncertainty import (
 # factor since the last one was made (glycine: from 119,000 at the first to 33,000 by the
 # fourth step, and the steps with the first matrix stall near 26,000)
 NEW_MATRIX_DROP = 3.0
+MAX_TURN = 2e-3  # largest step of a frame's rotation component in one epoch [rad]
 DEFAULT_START = 600.0  # starting thickness [Å] where neither the configuration nor a scan sets one
 
 
@@ -44,6 +46,7 @@ class Refinement(nn.Module):
         self.objectives = nn.ModuleList(objectives)
         self.normal: torch.Tensor | None = None  # JᵀJ of the structure (gauss_newton_step)
         self.matrix_loss = math.inf  # the loss when it was made
+        self.matrix_settings: str | None = None  # and the simulation settings (settings_key)
         self.last_loss, self.damping_factor = math.inf, 1.0  # (and the steps' damping)
 
     def gauss_newton_step(self, loss: float, *, damping: float = 0.1) -> bool:
@@ -51,42 +54,84 @@ class Refinement(nn.Module):
         = ½ the gradient of the loss they hold (an epoch's, exact) and JᵀJ of a
         forward-mode Jacobian (:func:`~blochnet.refinement.uncertainty.structure_jacobian`),
         as least-squares programs use the matrix of an earlier cycle; their gradients are
-        then cleared. The matrix is made at the first call and again once ``loss`` (this
-        epoch's objective) has fallen below 1/``NEW_MATRIX_DROP`` of its value when the
-        last one was made (the fit, and with it J, has changed); it is kept with the
-        parameters, so a resumed run takes the same steps. As in Levenberg–Marquardt,
-        λ = ``damping`` doubles after a step that the next ``loss`` shows did not lower it
-        and halves back after one that did. False (nothing done) where forward mode does
-        not apply or a gradient is missing."""
+        then cleared.
+
+        The matrix is made at the first call, again once ``loss`` (this epoch's objective)
+        has fallen below 1/``NEW_MATRIX_DROP`` of its value when the last one was made (the
+        fit, and with it J, has changed), and when the simulation settings have changed
+        (the converged beams of the last epochs). The step that makes it also moves every
+        frame's free rotation (where the orientation model is one per frame): their
+        columns cost three directions of the Jacobian, and one joint step corrects the
+        orientations as far as many Adam epochs would (each component bounded by
+        ``MAX_TURN``); the orientations then go on with Adam, whose steps follow the
+        thickness fit, while the kept matrix serves only the structure. The matrix is
+        saved with the parameters, so a resumed run takes the same steps. As in
+        Levenberg–Marquardt, λ = ``damping`` doubles after a step that the next ``loss``
+        shows did not lower it and halves back after one that did. False (nothing done)
+        where forward mode does not apply or a gradient is missing."""
         active = [p for p in self.structure.shifts() if p.requires_grad and p.numel()]
         if not active or any(p.grad is None for p in active) or not forward_mode_applies(self):
             return False
-        if self.normal is None or loss < self.matrix_loss / NEW_MATRIX_DROP:
+        turns, normal = [], self.normal
+        n_active = sum(p.numel() for p in active)
+        if (
+            normal is None
+            or loss < self.matrix_loss / NEW_MATRIX_DROP
+            or self.matrix_settings != self.settings_key()
+        ):
+            turns = _turns(self)
             with torch.no_grad():
-                _, jac = structure_jacobian(self, active)
-            self.normal, self.matrix_loss = jac.T @ jac, float(loss)
+                made = forward_jacobian(self, single=True) if turns else None
+                if made is None:
+                    turns, (_, jac) = [], structure_jacobian(self, active, single=True)
+                else:
+                    jac = made[1]
+            normal = jac.T @ jac
+            self.normal = normal[:n_active, :n_active]  # kept: the structure's block
+            self.matrix_loss, self.matrix_settings = float(loss), self.settings_key()
         worse = loss > self.last_loss
         self.damping_factor = self.damping_factor * 2 if worse else max(self.damping_factor / 2, 1)
         self.last_loss = float(loss)
-        normal = self.normal.to(active[0].dtype)
+        normal = normal.to(active[0].dtype)
         lam = damping * self.damping_factor
-        gradient = torch.cat([p.grad.reshape(-1) for p in active]) / 2
-        delta = -torch.linalg.solve(normal + lam * torch.diag(torch.diagonal(normal)), gradient)
-        add_to_parameters(active, delta)
-        for p in active:
+        gradient = torch.cat(
+            [p.grad.reshape(-1) for p in active] + [t.grad.T.reshape(-1) for t in turns]
+        )  # the rotations' columns run component-major
+        delta = -torch.linalg.solve(normal + lam * torch.diag(torch.diagonal(normal)), gradient / 2)
+        add_to_parameters(active, delta[:n_active])
+        with torch.no_grad():
+            steps = delta[n_active:].split([t.numel() for t in turns])
+            for t, step in zip(turns, steps, strict=True):
+                t.add_(step.reshape(t.shape[1], t.shape[0]).T.clamp(-MAX_TURN, MAX_TURN))
+        for p in active + turns:
             p.grad = None
         return True
+
+    def settings_key(self) -> str:
+        """The simulation settings of every data set (a Jacobian is made for these)."""
+        return "|".join(o.simulator.config.model_dump_json() for o in self.objectives)
+
+    def kept_matrix(self, loss: float, *, within: float = 1.0) -> torch.Tensor | None:
+        """The epochs' normal matrix of the structure where it may still describe the fit:
+        made at the current settings, at a loss no more than ``within`` (relative) above
+        ``loss`` (the loss has not halved since); else None. (Whether it does is told by
+        the rate at which steps with it converge: :func:`converge_structure`.)"""
+        if self.normal is None or self.matrix_settings != self.settings_key():
+            return None
+        return self.normal if self.matrix_loss <= (1 + within) * loss else None
 
     def get_extra_state(self) -> dict:
         if self.normal is None:
             return {}
         return {"normal": self.normal, "matrix_loss": self.matrix_loss,
-                "loss": self.last_loss, "factor": self.damping_factor}  # fmt: skip
+                "settings": self.matrix_settings, "loss": self.last_loss,
+                "factor": self.damping_factor}  # fmt: skip
 
     def set_extra_state(self, state: dict) -> None:
         state = state or {}
         self.normal = state.get("normal")
         self.matrix_loss = state.get("matrix_loss", math.inf)
+        self.matrix_settings = state.get("settings")
         self.last_loss = state.get("loss", math.inf)
         self.damping_factor = state.get("factor", 1.0)
 
@@ -203,3 +248,9 @@ def refinement_for(
     from its prepared data)."""
     data = [prepare(crystal, ds, config.simulation, dtype=dtype, device=device) for ds in datasets]
     return build_refinement(data, config, starts=starts)
+
+
+def _turns(model) -> list[torch.Tensor]:
+    """The free per-frame rotation vectors of every data set, when each has its gradient."""
+    turns = [t for o in model.objectives for t in _frame_rotations(o)]
+    return turns if turns and all(t.grad is not None for t in turns) else []

@@ -297,12 +297,13 @@ class Objective(nn.Module):
         form r̃ (module notes); the loss is their sum of squares."""
         return self._robust_form(self._weighted(*self.calculated()))
 
-    def jacobian(self, *, orientation: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def jacobian(self, *, orientation: bool, single: bool = False) -> tuple[Tensor, Tensor]:
         """Residuals (fit,) and their derivatives with respect to the structure's refined
         shifts (fit, parameter) and, with ``orientation``, to every frame's rotation
         vector (fit, 3·frame; component-major), in forward mode
         (:func:`~blochnet.experiment.frame_tangents.frame_jacobian`): the thickness model
-        held at its values.
+        held at its values; ``single``: the derivatives to about 1e-6 relative in half the
+        time (for a normal matrix JᵀJ, not for a gradient Jᵀr).
         Needs a structure without refined absorption (κ), else a ConfigurationError."""
         if self.structure.kappa_shift.numel():
             raise ConfigurationError("forward-mode derivatives do not cover a refined κ")
@@ -313,7 +314,7 @@ class Objective(nn.Module):
                 self.simulator,
                 self.structure.atoms(), self.structure.atom_tangents(), samples, weights,
                 rotations=None if rotations is None else rotations.detach(),
-                orientation=orientation,
+                orientation=orientation, single=single,
             )  # fmt: skip
         columns = [jac.structure]
         if orientation:

@@ -310,7 +310,7 @@ def _uncertainties(model: Refinement, config: RefineConfig, say: Say) -> dict | 
     if config.convergence > 0:
         su, record = converge_structure(
             model, n_parameters=n, limit=config.convergence,
-            max_steps=config.convergence_steps, say=say,
+            max_steps=config.convergence_steps, say=say, kept=model.kept_matrix,
         )  # fmt: skip
         su["convergence"] = record
     else:

@@ -7,6 +7,7 @@ CUDA, the peak of PyTorch's allocator. Where neither can be read the value is No
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,7 +100,27 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
+def release_free_memory() -> None:
+    """Return the C allocator's free memory to the system (glibc ``malloc_trim``): the
+    tensors a stage freed stay in the process's heap otherwise, and its resident set (what
+    the system must provide) keeps the largest stage's size for the rest of the run."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
 def _reset_peaks(device: str) -> None:
+    release_free_memory()
     try:
         _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
     except OSError:
