@@ -155,17 +155,35 @@ def _tangent_inputs(
             a_dual, c_dual = matrix(*dual, turned)
             return fwad.unpack_dual(a_dual).tangent, _tangent_or_zero(c_dual, c)
 
-    directions = [(du, dk, du0, None) for du, dk, du0 in changes]
+    turns = []
     if turn:
         for component in range(3):
             direction = thickness.new_zeros(thickness.shape[0], 3)
             direction[:, component] = 1
-            directions.append((None, None, None, direction))
+            turns.append((None, None, None, direction))
     size = max(1, _TANGENT_ELEMENTS // (4 * a.shape[0] * a.shape[-1] ** 2))
+    # a structure direction changes the off-diagonal elements by U̇ at the differences and
+    # the diagonal through |K| alone: Ȧ = U̇[index] off the diagonal + K̇ ∂diag/∂K, for a
+    # whole block of directions from one gather (the general path builds A once more per
+    # direction)
+    off = ~torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
+    off = off & group.batch.mask[:, :, None] & group.batch.mask[:, None, :]
+    d_diagonal, d_c = (None, None) if not changes else one(None, torch.ones_like(k), None, None)
+    d_diagonal = None if d_diagonal is None else torch.diagonal(d_diagonal, dim1=-2, dim2=-1)
+
+    def structure(block):
+        du = torch.stack([x for x, _, _ in block])[:, group.batch.difference_index]
+        a_dot = du.masked_fill_(~off, 0).to(a.dtype)
+        dk = torch.stack([torch.as_tensor(y, dtype=k.dtype) for _, y, _ in block])
+        if bool((dk != 0).any()):
+            a_dot.diagonal(dim1=-2, dim2=-1).add_((dk[:, None, None] * d_diagonal).to(a.dtype))
+        return a_dot, (dk[:, None] * torch.as_tensor(d_c)).expand(-1, n)
 
     def blocks():
-        for start in range(0, len(directions), size):
-            parts = [one(*d) for d in directions[start : start + size]]
+        for start in range(0, len(changes), size):
+            yield structure(changes[start : start + size])
+        for start in range(0, len(turns), size):
+            parts = [one(*d) for d in turns[start : start + size]]
             yield (torch.stack([x for x, _ in parts]),
                    torch.stack([torch.as_tensor(y).expand(n) for _, y in parts]))  # fmt: skip
 
