@@ -2,8 +2,10 @@
 with respect to the structure and to each frame's orientation, from one
 eigendecomposition per orientation (:mod:`blochnet.physics.tangents`).
 
-The structure directions come from forward-mode differentiation of the potential and of
-the structure matrices (:meth:`FrameSimulator.batch_matrices`); the orientation of every
+The structure directions come from forward-mode differentiation of the potential (U̇ at
+the plan's differences, K̇) and one gather of U̇ per block of directions; the rotations'
+from forward-mode differentiation of the structure matrices
+(:meth:`FrameSimulator.batch_matrices`); the orientation of every
 frame takes three directions (component x, y, z of every frame's rotation at once), each
 orientation's derivative then shared between the frames it blends. Orientations are
 taken in chunks and directions in blocks, so that memory stays bounded.
@@ -163,9 +165,9 @@ def _tangent_inputs(
             turns.append((None, None, None, direction))
     size = max(1, _TANGENT_ELEMENTS // (4 * a.shape[0] * a.shape[-1] ** 2))
     # a structure direction changes the off-diagonal elements by U̇ at the differences and
-    # the diagonal through |K| alone: Ȧ = U̇[index] off the diagonal + K̇ ∂diag/∂K, for a
-    # whole block of directions from one gather (the general path builds A once more per
-    # direction)
+    # the diagonal through |K| alone (U₀ enters only an absorptive matrix, absent where
+    # forward mode applies): Ȧ = U̇[index] off the diagonal + K̇ ∂diag/∂K, for a whole
+    # block of directions from one gather (a rotation's tangent builds A once more)
     off = ~torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
     off = off & group.batch.mask[:, :, None] & group.batch.mask[:, None, :]
     d_diagonal, d_c = (None, None) if not changes else one(None, torch.ones_like(k), None, None)

@@ -130,8 +130,8 @@ def forward_jacobian(model, *, single: bool = False) -> tuple[Tensor, Tensor, li
     blocks = _blocks(model)
     turns = [b for b in blocks if b.per_frame]
     n_structure = sum(b.param.numel() for b in blocks if not b.per_frame)
-    owners = [n for n, o in enumerate(model.objectives) if _frame_rotations(o)]
-    rotations = [_frame_rotations(model.objectives[n])[0] for n in owners]
+    owners = [n for n, o in enumerate(model.objectives) if frame_rotations(o)]
+    rotations = [frame_rotations(model.objectives[n])[0] for n in owners]
     if len(turns) != len(rotations) or any(
         b.param is not p for b, p in zip(turns, rotations, strict=False)
     ):
@@ -156,7 +156,7 @@ def forward_jacobian(model, *, single: bool = False) -> tuple[Tensor, Tensor, li
     return torch.cat([r for r, _ in parts]), torch.cat(columns, dim=1), blocks
 
 
-def _frame_rotations(objective) -> list[Tensor]:
+def frame_rotations(objective) -> list[Tensor]:
     """[the (frame, 3) rotation vectors] when the orientation model is one free rotation
     per frame that the refinement changes, else []."""
     model = objective.orientation

@@ -20,7 +20,7 @@ from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.refinement.config import RefineConfig
-from blochnet.refinement.gauss_newton import _frame_rotations, forward_jacobian
+from blochnet.refinement.gauss_newton import forward_jacobian, frame_rotations
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
 from blochnet.refinement.uncertainty import (
@@ -252,5 +252,5 @@ def refinement_for(
 
 def _turns(model) -> list[torch.Tensor]:
     """The free per-frame rotation vectors of every data set, when each has its gradient."""
-    turns = [t for o in model.objectives for t in _frame_rotations(o)]
+    turns = [t for o in model.objectives for t in frame_rotations(o)]
     return turns if turns and all(t.grad is not None for t in turns) else []
