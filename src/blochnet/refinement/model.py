@@ -23,6 +23,7 @@ from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.gauss_newton import forward_jacobian, frame_rotations
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
+from blochnet.refinement.timings import release_free_memory
 from blochnet.refinement.uncertainty import (
     add_to_parameters,
     forward_mode_applies,
@@ -80,6 +81,7 @@ class Refinement(nn.Module):
             or self.matrix_settings != self.settings_key()
         ):
             turns = _turns(self)
+            release_free_memory()  # the backward pass's freed blocks, before the Jacobian's
             with torch.no_grad():
                 made = forward_jacobian(self, single=True) if turns else None
                 if made is None:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from blochnet.experiment.shards import sum_gradients, sum_over_processes
 from blochnet.lattice import uij_to_cartesian
+from blochnet.refinement.timings import release_free_memory
 
 
 def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -202,7 +203,10 @@ def converge_structure(
         slow = float(np.max(su["shift_over_su"], initial=0.0)) > CHORD_CONTRACTION * largest
         if slow and steps < max_steps:
             # the steps do not converge at the rate of a good matrix: a new Jacobian for
-            # the next (after the last step allowed, the test is read with this one)
+            # the next (after the last step allowed, the test is read with this one); the
+            # backward passes' freed blocks go back to the system first, else the heap
+            # (which keeps freed blocks for reuse) grows by the Jacobian's arrays
+            release_free_memory()
             su = structure_uncertainties(model, n_parameters=n_parameters, single=True)
     record = {"limit": limit, "steps": steps, "max_shift_su": history,
               "converged": bool(history[-1] < limit)}  # fmt: skip
