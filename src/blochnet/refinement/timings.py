@@ -109,10 +109,10 @@ def release_free_memory() -> None:
 
 
 def _glibc():
-    try:
+    try:  # the process's own C library (None: not glibc, e.g. macOS, or no such handle)
         libc = ctypes.CDLL(None)
         return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
+    except (OSError, TypeError):
         return None
 
 
