@@ -77,8 +77,10 @@ def assert_same_result(out: Path, reference: Path) -> None:
             _close(x[key], y[key], key)
     for key in ("scale", "thickness_mean", "thickness_width", "orientation_correction_deg"):
         _close([f[key] for f in a["frames"]], [f[key] for f in b["frames"]], key)
+    # already in units of s.u.: compared absolutely (near convergence they are small
+    # differences of large numbers, 1e-6 relative of 0.13 s.u. measured)
     assert a["convergence"]["max_shift_su"] == pytest.approx(
-        b["convergence"]["max_shift_su"], rel=AGREE
+        b["convergence"]["max_shift_su"], rel=0, abs=1e-5
     )
     assert (out / "refined.cif").exists()
 
