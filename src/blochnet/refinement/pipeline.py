@@ -247,10 +247,10 @@ def _optimise(
         if not (resume and _epochs_done(checkpoint) >= first):
             early = model
             if start.first is not None:
-                early_data = [d.with_settings(start.first) for d in start.data]
                 early = build_refinement(
-                    early_data, config, crystal=start.crystal, starts=start.starts
-                )
+                    [d.with_settings(start.first) for d in start.data], config,
+                    crystal=start.crystal, starts=start.starts,
+                )  # fmt: skip
             history = _adam(early, config, checkpoint, resume, report, epochs=first)
             model.load_state_dict(early.state_dict())
             del early
