@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        from blochnet.cli.runtime import keep_freed_memory
+        from blochnet.memory import keep_freed_memory
 
         keep_freed_memory()
     except ImportError:

@@ -5,41 +5,8 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 from blochnet.errors import ConfigurationError
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_tuned = False
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's allocator to keep freed blocks instead of returning them to the system.
-
-    A refinement allocates and frees the same large tensors (batched structure matrices,
-    eigenvectors) every epoch. By default glibc serves blocks above 128 kB with fresh
-    ``mmap`` pages and unmaps them on free, so every epoch pays the kernel for zeroing the
-    same gigabytes again: on a 2-core machine the quartz refinement spent 40 % of its time
-    in the kernel, and one objective evaluation with its gradient went from 6.0 s to 3.0 s
-    with this setting. Raising the mmap and trim thresholds keeps the blocks for reuse; the
-    process then holds on to its peak memory. Does nothing (returns False) where the C
-    library is not glibc.
-    """
-    global _tuned
-    if _tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
-    _tuned = ok
-    return ok
+from blochnet.memory import keep_freed_memory
 
 
 def prepare_compute(device: str = "cpu", threads: int = 0) -> str:

@@ -19,11 +19,11 @@ from blochnet.dataset import Dataset
 from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
+from blochnet.memory import release_free_memory
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.gauss_newton import forward_jacobian, frame_rotations
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
-from blochnet.refinement.timings import release_free_memory
 from blochnet.refinement.uncertainty import (
     add_to_parameters,
     forward_mode_applies,

@@ -7,12 +7,13 @@ CUDA, the peak of PyTorch's allocator. Where neither can be read the value is No
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from blochnet.memory import release_free_memory
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -98,25 +99,6 @@ class Timings:
 
 def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-
-
-def release_free_memory() -> None:
-    """Return the C allocator's free memory to the system (glibc ``malloc_trim``): the
-    tensors a stage freed stay in the process's heap otherwise, and its resident set (what
-    the system must provide) keeps the largest stage's size for the rest of the run."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc():
-    try:  # the process's own C library (None: not glibc, e.g. macOS, or no such handle)
-        libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "malloc_trim") else None
-    except (OSError, TypeError):
-        return None
-
-
-_LIBC = _glibc()
 
 
 def _reset_peaks(device: str) -> None:

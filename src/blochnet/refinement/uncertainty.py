@@ -30,7 +30,7 @@ from torch import Tensor
 
 from blochnet.experiment.shards import sum_gradients, sum_over_processes
 from blochnet.lattice import uij_to_cartesian
-from blochnet.refinement.timings import release_free_memory
+from blochnet.memory import release_free_memory
 
 
 def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -1,4 +1,5 @@
-"""The allocator's free memory handed back between stages (timings.release_free_memory)."""
+"""The allocator's free memory kept within a stage and handed back between stages
+(blochnet.memory)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blochnet.cli.runtime import keep_freed_memory
-from blochnet.refinement.timings import _LIBC, release_free_memory
+from blochnet.memory import _LIBC, keep_freed_memory, release_free_memory
 
 STATUS = Path("/proc/self/status")
 
