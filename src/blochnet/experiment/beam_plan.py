@@ -208,9 +208,8 @@ def shared_differences(
         return torch.zeros(0, 3, dtype=torch.long), []
     every = torch.cat([g.batch.differences for g in groups])
     values = every.cpu().numpy()
-    span = int(np.abs(values).max(initial=0)) + 1
-    base = 2 * span + 1  # (h, k, l) as one integer: numpy's unique of a vector is fast
-    key = ((values[:, 0] + span) * base + values[:, 1] + span) * base + values[:, 2] + span
+    # (h, k, l) as one integer: numpy's unique of a vector is fast
+    key = _hkl_keys(values, int(np.abs(values).max(initial=0)) + 1)
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     table = every[torch.as_tensor(first, device=every.device)]
     inverse = torch.as_tensor(inverse.reshape(-1), device=every.device)
@@ -236,10 +235,13 @@ def _beam_sets(table: BeamTable, directions: np.ndarray, compared: np.ndarray, k
 def _row_index(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Index in ``table`` (n, 3) int of every row of ``rows`` (m, 3); all must be present."""
     span = int(max(np.abs(table).max(initial=0), np.abs(rows).max(initial=0))) + 1
+    keys = _hkl_keys(table, span)
+    order = np.argsort(keys)
+    return order[np.searchsorted(keys, _hkl_keys(rows, span), sorter=order)]
+
+
+def _hkl_keys(hkl: np.ndarray, span: int) -> np.ndarray:
+    """One integer per row of ``hkl`` (n, 3), distinct for distinct rows whose indices lie
+    within ±``span``, in the rows' lexicographic order."""
     base = 2 * span + 1
-
-    def key(x):
-        return ((x[:, 0] + span) * base + x[:, 1] + span) * base + x[:, 2] + span
-
-    order = np.argsort(key(table))
-    return order[np.searchsorted(key(table), key(rows), sorter=order)]
+    return ((hkl[:, 0] + span) * base + hkl[:, 1] + span) * base + hkl[:, 2] + span
