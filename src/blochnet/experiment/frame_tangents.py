@@ -144,25 +144,22 @@ def _tangent_inputs(
     a, c = matrix(u, k, u0, rotations)
     n = a.shape[0]
 
-    def one(du, dk, du0, rotation_direction):
-        """(Ȧ, ċ) along one direction (a change of U, |K|, U₀, or of a rotation)."""
+    def one(dk, rotation_direction):
+        """(Ȧ, ċ) along a change ``dk`` of |K| or ``rotation_direction`` of the rotations."""
         with fwad.dual_level():
-            dual = [x if dx is None else fwad.make_dual(x, dx)
-                    for x, dx in ((u, du), (k, dk), (u0, du0))]  # fmt: skip
+            k_dual = k if dk is None else fwad.make_dual(k, dk)
             turned = rotations
             if rotation_direction is not None:
                 base = thickness.new_zeros(thickness.shape[0], 3)
                 turned = fwad.make_dual(base if rotations is None else rotations,
                                         rotation_direction)  # fmt: skip
-            a_dual, c_dual = matrix(*dual, turned)
+            a_dual, c_dual = matrix(u, k_dual, u0, turned)
             return fwad.unpack_dual(a_dual).tangent, _tangent_or_zero(c_dual, c)
 
-    turns = []
-    if turn:
-        for component in range(3):
-            direction = thickness.new_zeros(thickness.shape[0], 3)
-            direction[:, component] = 1
-            turns.append((None, None, None, direction))
+    turns = []  # every frame's rotation component x, y, z
+    for component in range(3 if turn else 0):
+        turns.append(thickness.new_zeros(thickness.shape[0], 3))
+        turns[-1][:, component] = 1
     size = max(1, _TANGENT_ELEMENTS // (4 * a.shape[0] * a.shape[-1] ** 2))
     # a structure direction changes the off-diagonal elements by U̇ at the differences and
     # the diagonal through |K| alone (U₀ enters only an absorptive matrix, absent where
@@ -170,22 +167,25 @@ def _tangent_inputs(
     # block of directions from one gather (a rotation's tangent builds A once more)
     off = ~torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
     off = off & group.batch.mask[:, :, None] & group.batch.mask[:, None, :]
-    d_diagonal, d_c = (None, None) if not changes else one(None, torch.ones_like(k), None, None)
-    d_diagonal = None if d_diagonal is None else torch.diagonal(d_diagonal, dim1=-2, dim2=-1)
+    dks = [torch.as_tensor(dk, dtype=k.dtype) for _, dk, _ in changes]
+    moves_k = any(bool((dk != 0).any()) for dk in dks)  # (charges, occupancies: U₀)
+    d_diagonal, d_c = one(torch.ones_like(k), None) if moves_k else (None, 0.0)
 
-    def structure(block):
+    def structure(start: int):
+        block = changes[start : start + size]
         du = torch.stack([x for x, _, _ in block])[:, group.batch.difference_index]
         a_dot = du.masked_fill_(~off, 0).to(a.dtype)
-        dk = torch.stack([torch.as_tensor(y, dtype=k.dtype) for _, y, _ in block])
-        if bool((dk != 0).any()):
-            a_dot.diagonal(dim1=-2, dim2=-1).add_((dk[:, None, None] * d_diagonal).to(a.dtype))
+        dk = torch.stack(dks[start : start + size])
+        if moves_k:
+            diagonal = torch.diagonal(d_diagonal, dim1=-2, dim2=-1)
+            a_dot.diagonal(dim1=-2, dim2=-1).add_((dk[:, None, None] * diagonal).to(a.dtype))
         return a_dot, (dk[:, None] * torch.as_tensor(d_c)).expand(-1, n)
 
     def blocks():
         for start in range(0, len(changes), size):
-            yield structure(changes[start : start + size])
+            yield structure(start)
         for start in range(0, len(turns), size):
-            parts = [one(*d) for d in turns[start : start + size]]
+            parts = [one(None, d) for d in turns[start : start + size]]
             yield (torch.stack([x for x, _ in parts]),
                    torch.stack([torch.as_tensor(y).expand(n) for _, y in parts]))  # fmt: skip
 
