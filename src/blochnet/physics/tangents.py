@@ -123,8 +123,7 @@ def weighted_intensity_tangents(
                          if not vk.is_complex() else (vk * bq[None]).sum(-1))  # fmt: skip
         diagonal = torch.diagonal(m, dim1=-2, dim2=-1) * bw[None]
         if c_dot is not None:
-            ratio = (c_dot / c)[..., None].to(m.real.dtype)
-            diagonal = diagonal + ratio.to(m.dtype) * (values * bw)[None]
+            diagonal = diagonal + (c_dot / c)[..., None].to(m.dtype) * (values * bw)[None]
         total = total + matmul_mixed(vq_tau[None], diagonal[..., None])[..., 0]
         if r_near is not None:
             coefficient = (m[:, o, i, j] * bw[o, j][None]).to(cdt)  # (d, pair)
