@@ -28,7 +28,6 @@ a whole thickness scan) per frame is one tensor operation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -42,8 +41,9 @@ from blochnet.crystal import Crystal
 from blochnet.dataset import Dataset
 from blochnet.experiment.config import SimulationConfig
 from blochnet.experiment.plan import FramePlan, build_plan
+from blochnet.experiment.sample_basis import SampleBasis, accumulate_pairs
 from blochnet.experiment.selection import ReflectionSelection
-from blochnet.experiment.shards import Processes, whole_rows
+from blochnet.experiment.shards import whole_rows
 from blochnet.physics.beams import excitation_errors
 from blochnet.physics.bloch import bloch_intensities
 from blochnet.physics.crystal_model import AtomTensors, CrystalModel
@@ -217,7 +217,7 @@ class FrameSimulator:
         batches = self._solved_batches(atoms, thickness, rotations, None, absorption)
         for (group, values), (own, other) in zip(batches, pairs.of_group, strict=True):
             blend = group.blend[group.obs_orient].to(values.dtype) if group.blended else None
-            basis = basis + _Accumulate.apply(values, own, other, blend, len(pairs.row))
+            basis = basis + accumulate_pairs(values, own, other, blend, len(pairs.row))
         return SampleBasis(basis, pairs.row, pairs.frame, self.n_used, self.plan.processes)
 
     def _pairs(self) -> _Pairs:
@@ -297,54 +297,6 @@ class _Pairs:
     frame: Tensor  # (pair,) frame whose thickness weights it takes
     of_group: list[tuple[Tensor, Tensor]]  # per group: pair of each (orientation, row)
     # entry for its own frame and for its neighbour
-
-
-@dataclass
-class SampleBasis:
-    """Intensities at each thickness sample per (row, frame) pair (``values`` (pair,
-    sample)), from :meth:`FrameSimulator.sample_basis`: row r's intensity for per-frame
-    weights w (frame, sample) on the same samples is Σ over its pairs Σ_s values·w[frame]."""
-
-    values: Tensor
-    row: Tensor
-    frame: Tensor
-    n_rows: int
-    processes: Processes
-
-    def intensities(self, weights: Float[Tensor, "frame sample"]) -> Float[Tensor, " obs"]:
-        """(obs,) the rows' intensities for thickness weights ``weights``; differentiable
-        in both (with the frames shared among processes, every row, as
-        :meth:`FrameSimulator.intensities`)."""
-        per_pair = (self.values * weights[self.frame]).sum(1)
-        out = per_pair.new_zeros(self.n_rows).index_add(0, self.row, per_pair)
-        return whole_rows(out[:, None], self.processes)[:, 0]
-
-    def detach(self) -> SampleBasis:
-        return dataclasses.replace(self, values=self.values.detach())
-
-
-class _Accumulate(torch.autograd.Function):
-    """Rows ``values`` (m, sample) summed into ``n`` pairs: row i into pair own[i], or with
-    ``blend`` (m,) its share 1 − blend into own[i] and blend into other[i]. Keeps only the
-    indices and shares for the backward pass (``index_add`` keeps its whole source)."""
-
-    @staticmethod
-    def forward(ctx, values, own, other, blend, n):
-        out = values.new_zeros(n, values.shape[1])
-        if blend is None:
-            ctx.save_for_backward(own)
-            return out.index_add_(0, own, values)
-        ctx.save_for_backward(own, other, blend)
-        out.index_add_(0, own, values * (1 - blend)[:, None])
-        return out.index_add_(0, other, values * blend[:, None])
-
-    @staticmethod
-    def backward(ctx, grad):
-        if len(ctx.saved_tensors) == 1:
-            return grad[ctx.saved_tensors[0]], None, None, None, None
-        own, other, blend = ctx.saved_tensors
-        share = grad[own] * (1 - blend)[:, None] + grad[other] * blend[:, None]
-        return share, None, None, None, None
 
 
 def crystal_model(

@@ -40,9 +40,10 @@ from torch import Tensor, nn
 
 from blochnet.errors import ConfigurationError
 from blochnet.experiment.frame_tangents import frame_jacobian
-from blochnet.experiment.frames import FrameSimulator, SampleBasis
+from blochnet.experiment.frames import FrameSimulator
 from blochnet.experiment.merit import FiguresOfMerit, figures_of_merit, optimal_scales
 from blochnet.experiment.observations import Observations
+from blochnet.experiment.sample_basis import SampleBasis
 from blochnet.experiment.shards import sum_gradients
 from blochnet.refinement.orientation import FrameOrientation
 from blochnet.refinement.parameters import StructureParameters
