@@ -165,7 +165,7 @@ def frame_rotations(objective) -> list[Tensor]:
     return model.frame_parameters() if model.frame_parameters() == [model.rotation] else []
 
 
-def _apply(blocks: list[_Block], delta: Tensor) -> None:
+def apply_step(blocks: list[_Block], delta: Tensor) -> None:
     """Add ``delta`` to the parameters, in the column order of :func:`jacobian`."""
     offset = 0
     with torch.no_grad():
@@ -179,7 +179,7 @@ def _apply(blocks: list[_Block], delta: Tensor) -> None:
             offset += n
 
 
-def _limit_rotations(blocks: list[_Block], delta: Tensor, max_rotation: float) -> Tensor:
+def limit_rotations(blocks: list[_Block], delta: Tensor, max_rotation: float) -> Tensor:
     """Clip the orientation components of a step to ±``max_rotation`` [rad]."""
     delta = delta.clone()
     offset = 0
@@ -227,15 +227,15 @@ def levenberg_marquardt(
         su = torch.sqrt(torch.diagonal(torch.linalg.pinv(normal)) * loss / dof)
         for _ in range(max_tries):
             delta = -torch.linalg.solve(normal + damping * torch.diag(scale), gradient)
-            delta = _limit_rotations(blocks, delta, max_rotation)
-            _apply(blocks, delta)
+            delta = limit_rotations(blocks, delta, max_rotation)
+            apply_step(blocks, delta)
             trial = _loss(model)
             shift_su = float((delta.abs() / su.clamp(min=1e-30)).max())
             accepted = trial < loss
             if accepted:
                 damping /= 3
             else:
-                _apply(blocks, -delta)
+                apply_step(blocks, -delta)
                 damping *= 10
             record = LMRecord(iteration, trial if accepted else loss, shift_su, damping, accepted)
             history.append(record)

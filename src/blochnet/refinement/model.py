@@ -21,7 +21,12 @@ from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.memory import release_free_memory
 from blochnet.refinement.config import RefineConfig
-from blochnet.refinement.gauss_newton import forward_jacobian, frame_rotations
+from blochnet.refinement.gauss_newton import (
+    apply_step,
+    forward_jacobian,
+    frame_rotations,
+    limit_rotations,
+)
 from blochnet.refinement.objective import Objective, joint_figures_of_merit
 from blochnet.refinement.parameters import StructureParameters, atom_selection
 from blochnet.refinement.uncertainty import (
@@ -73,7 +78,7 @@ class Refinement(nn.Module):
         active = [p for p in self.structure.shifts() if p.requires_grad and p.numel()]
         if not active or any(p.grad is None for p in active) or not forward_mode_applies(self):
             return False
-        turns, normal = [], self.normal
+        turns, normal, blocks = [], self.normal, None
         n_active = sum(p.numel() for p in active)
         if (
             normal is None
@@ -87,7 +92,7 @@ class Refinement(nn.Module):
                 if made is None:
                     turns, (_, jac) = [], structure_jacobian(self, active, single=True)
                 else:
-                    jac = made[1]
+                    _, jac, blocks = made
             normal = jac.T @ jac
             self.normal = normal[:n_active, :n_active]  # kept: the structure's block
             self.matrix_loss, self.matrix_settings = float(loss), self.settings_key()
@@ -100,11 +105,10 @@ class Refinement(nn.Module):
             [p.grad.reshape(-1) for p in active] + [t.grad.T.reshape(-1) for t in turns]
         )  # the rotations' columns run component-major
         delta = -torch.linalg.solve(normal + lam * torch.diag(torch.diagonal(normal)), gradient / 2)
-        add_to_parameters(active, delta[:n_active])
-        with torch.no_grad():
-            steps = delta[n_active:].split([t.numel() for t in turns])
-            for t, step in zip(turns, steps, strict=True):
-                t.add_(step.reshape(t.shape[1], t.shape[0]).T.clamp(-MAX_TURN, MAX_TURN))
+        if blocks is None:
+            add_to_parameters(active, delta)
+        else:  # in the Jacobian's columns: the structure, then the rotations
+            apply_step(blocks, limit_rotations(blocks, delta, MAX_TURN))
         for p in active + turns:
             p.grad = None
         return True
