@@ -668,6 +668,51 @@ def test_gauss_newton_steps_end_on_the_shift_over_su_test(synthetic):
     assert np.max(su["shift_over_su"]) == record["max_shift_su"][-1]
 
 
+def test_each_convergence_step_costs_one_evaluation_that_judges_it_and_gives_the_next_gradient(
+    synthetic, monkeypatch
+):
+    """A Gauss–Newton step of the convergence test is judged by the evaluation (with its
+    gradient) at the new parameters, which the next step and the test then use: one
+    simulation per step taken (one more for the start), none more; the last one is the
+    refined state's (``is_current``), so the report needs no simulation of its own."""
+    from blochnet.refinement.engine import parameter_groups
+    from blochnet.refinement.uncertainty import converge_structure
+
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    model = refinement_for(_moved(crystal, 0.005), [dataset], _config(learning_rates=rates))
+    parameter_groups(model, rates.model_dump())
+    model.update_robust_scale(fresh=True)
+    model.zero_grad()
+    loss = model()
+    loss.backward()
+    model.gauss_newton_step(float(loss), damping=0.1)  # the epochs' matrix
+    simulator = model.objectives[0].simulator
+    calls = []
+    original = type(simulator).intensities
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(simulator, *args, **kwargs)
+
+    monkeypatch.setattr(simulator, "intensities", counted)
+    su, record = converge_structure(
+        model, n_parameters=count_parameters(model), max_steps=3, kept=model.kept_matrix
+    )
+    assert record["steps"] == 3  # (far from the minimum: every step allowed is taken)
+    assert len(calls) == record["steps"] + 1
+    assert model.objectives[0].is_current()
+    with torch.no_grad():
+        ic = model.objectives[0].simulator.intensities(
+            model.structure.atoms(), *model.objectives[0].thickness()[:1],
+            weights=model.objectives[0].thickness()[1],
+        )  # fmt: skip
+    torch.testing.assert_close(model.objectives[0]._last[0], ic, rtol=1e-12, atol=0)
+    with torch.no_grad():
+        model.structure.shifts()[0].add_(1e-4)
+    assert not model.objectives[0].is_current()
+
+
 def test_the_profiled_thickness_fit_lowers_the_loss_and_leaves_the_partial_gradient(synthetic):
     """With ``thickness_steps`` an evaluation fits the grid thickness model on one solve's
     intensities, then its loss is that of the fitted model and its structure gradient is

@@ -171,8 +171,24 @@ class Objective(nn.Module):
         """The loss over the fit set: Σ w (Io − k Ic)², or its robust form (module notes);
         with ``thickness_steps`` and gradients on, after fitting the thickness model."""
         ic, scales = self._profiled() if self._profiles() else self.calculated()
-        self._last = (ic.detach(), scales.detach())
+        self._remember(ic, scales)
         return (self._robust_form(self._weighted(ic, scales)) ** 2).sum()
+
+    def _remember(self, ic: Tensor, scales: Tensor) -> None:
+        """Keep Ic and the scales of this simulation for ``last`` (:meth:`scored`), with
+        the versions of the parameters and buffers it was made with."""
+        self._last = (ic.detach(), scales.detach())
+        self._last_state = self._state_versions()
+
+    def _state_versions(self) -> tuple:
+        # every in-place change of a tensor (an optimiser's step, a shift, a loaded state)
+        # raises its version counter
+        return tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
+
+    def is_current(self) -> bool:
+        """Whether the last simulation (``last`` of :meth:`scored`) was made with the
+        parameters as they are now."""
+        return getattr(self, "_last_state", None) == self._state_versions()
 
     def loss_of(self, ic: Tensor) -> Tensor:
         """The loss for calculated intensities ``ic`` (obs,), differentiable in ``ic``."""
@@ -296,7 +312,9 @@ class Objective(nn.Module):
     def residuals(self) -> Tensor:
         """(fit,) residuals of the loss: (Io − k Ic)/σ_w of the fit set, or their robust
         form r̃ (module notes); the loss is their sum of squares."""
-        return self._robust_form(self._weighted(*self.calculated()))
+        ic, scales = self.calculated()
+        self._remember(ic, scales)
+        return self._robust_form(self._weighted(ic, scales))
 
     def jacobian(self, *, orientation: bool, single: bool = False) -> tuple[Tensor, Tensor]:
         """Residuals (fit,) and their derivatives with respect to the structure's refined

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from blochnet.crystal import UIJ_NAMES, Crystal
+from blochnet.experiment.shards import any_process
 from blochnet.io import strict_json
 from blochnet.io.atomic import write_bytes_atomically, write_text_atomically
 from blochnet.io.cif_write import program_version
@@ -85,8 +86,9 @@ def write_report(
     """
     first = model.objectives[0]
     n_parameters = count_parameters(model)
-    with torch.no_grad():
-        model()  # one simulation per data set at the final parameters; reused below
+    if any_process(not all(o.is_current() for o in model.objectives)):
+        with torch.no_grad():
+            model()  # one simulation per data set at the final parameters; reused below
     merit = joint_figures_of_merit(model.objectives, n_parameters=n_parameters, last=True)
     free = not all(bool(o.fit.all()) for o in model.objectives)
     frames = [entry for objective in model.objectives for entry in _frame_entries(objective)]

@@ -166,8 +166,10 @@ def converge_structure(
     JᵀJ noticeably. Where the test does not fall by at least 1/``CHORD_CONTRACTION`` from
     one step to the next (far from the minimum, where J changes along the steps), a new
     Jacobian is made (unless the last step allowed has been taken: the test is then read
-    with the matrix it was made with). A step is taken only when it lowers the objective
-    (else halved, up to three times); the thickness model, the orientations and the robust
+    with the matrix it was made with; a new Jacobian is paired with the exact gradient
+    already computed). A step is taken only when it lowers the objective (else halved, up
+    to three times), judged by the evaluation that also gives the exact gradient there:
+    one forward and backward pass per step; the thickness model, the orientations and the robust
     loss's scale stay as refined (a fixed objective, so that the steps converge as
     Gauss–Newton does).
 
@@ -178,36 +180,48 @@ def converge_structure(
     """
     active = [p for p in model.structure.shifts() if p.requires_grad and p.numel()]
     steps, history = 0, []
-    normal = None
+
+    def with_new_matrix(r: Tensor, gradient: Tensor) -> dict:
+        """The test with the exact Jᵀr and the normal matrix of a new Jacobian (after a
+        backward pass, whose freed blocks go back to the system first: else the heap,
+        which keeps freed blocks for reuse, grows by the Jacobian's arrays)."""
+        release_free_memory()
+        _, jac = structure_jacobian(model, active, single=True)
+        return structure_uncertainties(
+            model, n_parameters=n_parameters, jacobian=(r, gradient, jac.T @ jac)
+        )
+
     if kept is not None and kept(math.inf) is not None:  # one at these settings
         r, gradient = _exact_gradient(model, active)
         normal = kept(float((r**2).sum()))
-    if normal is None:
-        su = structure_uncertainties(model, n_parameters=n_parameters, single=True)
+        if normal is None:  # the fit has moved on since it was made
+            su = with_new_matrix(r, gradient)
+        else:
+            su = structure_uncertainties(
+                model, n_parameters=n_parameters, jacobian=(r, gradient, normal.to(r.dtype))
+            )
     else:
-        su = structure_uncertainties(
-            model, n_parameters=n_parameters, jacobian=(r, gradient, normal.to(r.dtype))
-        )
+        su = structure_uncertainties(model, n_parameters=n_parameters, single=True)
     while True:
         largest = float(np.max(su["shift_over_su"], initial=0.0))
         history.append(largest)
         if say is not None:
             say(f"convergence: max |shift|/s.u. {largest:.3f} after {steps} Gauss–Newton steps")
-        if largest < limit or steps == max_steps or not _step(model, active, su):
+        if largest < limit or steps == max_steps:
+            break
+        taken = _step(model, active, su)
+        if taken is None:
             break
         steps += 1
-        r, gradient = _exact_gradient(model, active)
+        r, gradient = taken
         su = structure_uncertainties(
             model, n_parameters=n_parameters, jacobian=(r, gradient, su["normal"])
         )
         slow = float(np.max(su["shift_over_su"], initial=0.0)) > CHORD_CONTRACTION * largest
         if slow and steps < max_steps:
             # the steps do not converge at the rate of a good matrix: a new Jacobian for
-            # the next (after the last step allowed, the test is read with this one); the
-            # backward passes' freed blocks go back to the system first, else the heap
-            # (which keeps freed blocks for reuse) grows by the Jacobian's arrays
-            release_free_memory()
-            su = structure_uncertainties(model, n_parameters=n_parameters, single=True)
+            # the next (after the last step allowed, the test is read with this one)
+            su = with_new_matrix(r, gradient)
     record = {"limit": limit, "steps": steps, "max_shift_su": history,
               "converged": bool(history[-1] < limit)}  # fmt: skip
     return su, record
@@ -233,29 +247,25 @@ def _exact_gradient(model, active: list[Tensor]) -> tuple[Tensor, Tensor]:
     return r.detach(), gradient.detach() / 2
 
 
-def _step(model, active: list[Tensor], su: dict) -> bool:
+def _step(model, active: list[Tensor], su: dict) -> tuple[Tensor, Tensor] | None:
     """Apply the Gauss–Newton step of ``su`` to ``active`` when it lowers the objective
-    (halving it up to three times); False when no fraction of it does."""
+    (halving it up to three times) and return r and Jᵀr there (:func:`_exact_gradient`:
+    the evaluation that judges the step also gives the next one's gradient); None, with
+    the parameters as they were, when no fraction of it does."""
     delta = su["gauss_newton_step"]
-
-    def loss() -> float:
-        with torch.no_grad():
-            return float(sum((o.residuals() ** 2).sum() for o in model.objectives))
-
-    def move(scale: float) -> None:
-        add_to_parameters(active, scale * delta)
-
     before = su["loss"]  # Σ r² where the step was computed
     fraction, applied = 1.0, 0.0
     for _ in range(4):
-        move(fraction - applied)
+        add_to_parameters(active, (fraction - applied) * delta)
         applied = fraction
-        if loss() < before:
-            model.structure.keep_adps_positive_definite()
-            return True
+        r, gradient = _exact_gradient(model, active)
+        if float((r**2).sum()) < before:
+            if model.structure.keep_adps_positive_definite():  # (then r and Jᵀr anew)
+                r, gradient = _exact_gradient(model, active)
+            return r, gradient
         fraction /= 2
-    move(-applied)
-    return False
+    add_to_parameters(active, -applied * delta)
+    return None
 
 
 def add_to_parameters(active: list[Tensor], delta: Tensor) -> None:
