@@ -197,9 +197,12 @@ def _apply_windows(
 def _dependencies(orientations: list[Orientation], frame_of_used: np.ndarray) -> np.ndarray:
     """(pair, 2) distinct (used row, frame) pairs: the row's own frame, and the frames
     whose orientation or thickness an orientation it reads blends in."""
-    parts = [np.stack([np.arange(len(frame_of_used)), frame_of_used], 1)]
+    n_frames = max(int(frame_of_used.max(initial=0)), *(max(o.frame, o.neighbour)
+                   for o in orientations), 0) + 1  # fmt: skip
+    parts = [np.arange(len(frame_of_used)) * n_frames + frame_of_used]
     for o in orientations:
-        parts.append(np.stack([o.rows, np.full(len(o.rows), o.frame)], 1))
+        parts.append(o.rows * n_frames + o.frame)
         if o.blend > 0:
-            parts.append(np.stack([o.rows, np.full(len(o.rows), o.neighbour)], 1))
-    return np.unique(np.concatenate(parts), axis=0)
+            parts.append(o.rows * n_frames + o.neighbour)
+    keys = np.unique(np.concatenate(parts).astype(np.int64))  # one integer per pair: sorted
+    return np.stack([keys // n_frames, keys % n_frames], 1)  # as the (row, frame) pairs are
