@@ -62,10 +62,34 @@ def propagate_intensities(
     phase : Tensor (orient, thick, mode) exp(i c t z).
     """
     b = left[:, incident, :].conj()  # W⁻¹ e₀ (orient, mode)
-    phase = torch.exp(1j * (c[:, None, None] * thickness[:, :, None]) * values[:, None, :])
+    phase = phases(c[:, None] * thickness, values)
     coeff = phase * b[:, None, :]  # (orient, thick, mode)
     psi = matmul_mixed(vectors, coeff.transpose(1, 2)).transpose(1, 2)
     return psi, phase
+
+
+# relative spread of the steps below which a row of thicknesses counts as evenly spaced
+_EVEN = 1e-12
+
+
+def phases(ct: Tensor, values: Tensor) -> Tensor:
+    """E = exp(i c t z) (orient, thick, mode) for c·t (orient, thick) and eigenvalues z
+    (orient, mode).
+
+    Where every row of c·t is evenly spaced (a grid of thickness samples), E is built as
+    the running product of one step's phase from the first sample: one complex
+    multiplication per element instead of an exponential (three times faster), with a
+    rounding error that grows by about one unit in the last place per sample
+    (1e-14 after 48 samples; in double precision only)."""
+    n = ct.shape[1]
+    if n >= 3 and ct.dtype == torch.float64:
+        step = ct[:, 1:2] - ct[:, :1]
+        spread = (ct[:, 1:] - ct[:, :-1] - step).abs().amax()
+        if bool(spread <= _EVEN * ct.abs().amax().clamp(min=1e-300)):
+            first = torch.exp(1j * ct[:, :1, None] * values[:, None, :])  # (o, 1, mode)
+            factor = torch.exp(1j * step[:, :, None] * values[:, None, :])
+            return torch.cumprod(torch.cat([first, factor.expand(-1, n - 1, -1)], 1), 1)
+    return torch.exp(1j * ct[:, :, None] * values[:, None, :])
 
 
 def propagation_backward(
