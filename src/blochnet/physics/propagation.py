@@ -179,9 +179,14 @@ def _horner(coeff: Tensor, delta: Tensor) -> Tensor:
 
 
 def matmul_mixed(x: Tensor, y: Tensor) -> Tensor:
-    """x @ y where one factor may be real: two real GEMMs instead of a complex one."""
+    """x @ y where one factor may be real: a real product with the complex factor's real
+    and imaginary parts side by side (one real GEMM of twice the width, no complex
+    arithmetic on the real factor; the complex factor is copied only where its layout
+    does not allow that view)."""
     if not x.is_complex() and y.is_complex():
-        return torch.complex(x @ y.real, x @ y.imag)
+        parts = torch.view_as_real(y.resolve_conj())  # (..., k, m, 2)
+        out = x @ parts.reshape(*parts.shape[:-2], -1)  # (..., n, 2m)
+        return torch.view_as_complex(out.reshape(*out.shape[:-1], -1, 2))
     if x.is_complex() and not y.is_complex():
-        return torch.complex(x.real @ y, x.imag @ y)
+        return matmul_mixed(y.mT, x.mT).mT  # (yᵀ xᵀ)ᵀ
     return x @ y
