@@ -130,7 +130,7 @@ def build_plan(
     else:
         orientations = integrated_orientations(table, dataset, windows, frame_of_used, settings)
     processes = processes or Processes()
-    dependencies = _dependencies(orientations, frame_of_used)
+    dependencies = _dependencies(orientations, frame_of_used, max(dataset.n_frames, 1))
     own = None
     if processes.shared:
         share = frame_shares(_frame_costs(orientations, dataset.n_frames), processes.size)
@@ -194,11 +194,12 @@ def _apply_windows(
     return RockingWindows(windows.start[keep], windows.stop[keep], windows.reason[keep])
 
 
-def _dependencies(orientations: list[Orientation], frame_of_used: np.ndarray) -> np.ndarray:
+def _dependencies(
+    orientations: list[Orientation], frame_of_used: np.ndarray, n_frames: int
+) -> np.ndarray:
     """(pair, 2) distinct (used row, frame) pairs: the row's own frame, and the frames
-    whose orientation or thickness an orientation it reads blends in."""
-    n_frames = max(int(frame_of_used.max(initial=0)), *(max(o.frame, o.neighbour)
-                   for o in orientations), 0) + 1  # fmt: skip
+    whose orientation or thickness an orientation it reads blends in (frames of a data
+    set of ``n_frames``: one integer key row·n_frames + frame per pair)."""
     parts = [np.arange(len(frame_of_used)) * n_frames + frame_of_used]
     for o in orientations:
         parts.append(o.rows * n_frames + o.frame)

@@ -119,7 +119,7 @@ def propagation_backward(
     w = grad_intensity * psi  # (orient, thick, beam)
     # conj(Wᴴ w) = Wᵀ conj(w) (o, m, t), made once without a conjugate view (each product
     # with such a view would copy it again)
-    a_conj = matmul_mixed(vectors.mT, w.conj().resolve_conj().transpose(1, 2))
+    a_conj = matmul_mixed(vectors.mT, torch.conj_physical(w).transpose(1, 2))
     ct = c[:, None] * thickness  # (orient, thick)
     weighted = a_conj.transpose(1, 2) * phase  # conj(a_ti) E_ti (o, t, i)
 
