@@ -638,6 +638,40 @@ def test_forward_mode_jacobian_equals_the_reverse_mode_one(synthetic, rocking):
     assert forward_jacobian(_lm_model(crystal, dataset)) is None  # per-frame thickness
 
 
+@pytest.mark.parametrize("holdout", [0.0, 0.3])
+def test_residual_tangents_in_chunks_equal_one_forward_pass_per_column(
+    synthetic, holdout, monkeypatch
+):
+    """The residuals' derivatives along changes of Ic (through the frame scales and the
+    robust weights) are taken for every column at once, in chunks of columns: the same as
+    one forward-mode pass per column, whatever the chunk, with frames held out too."""
+    import torch.autograd.forward_ad as fwad
+
+    from blochnet.refinement import objective as objective_module
+
+    crystal, dataset = synthetic
+    model = refinement_for(crystal, [dataset], _config(robust=2.385, holdout_fraction=holdout))
+    objective = model.objectives[0]
+    model.update_robust_scale(fresh=True)
+    with torch.no_grad():
+        ic, _ = objective.calculated()
+    d_ic = torch.randn(len(ic), 7, generator=torch.Generator().manual_seed(3), dtype=ic.dtype)
+    d_ic = d_ic * ic[:, None]
+    expected = []
+    with torch.no_grad(), fwad.dual_level():
+        for n in range(d_ic.shape[1]):
+            dual = objective.residuals_of(fwad.make_dual(ic, d_ic[:, n]))
+            expected.append(fwad.unpack_dual(dual).tangent)
+    expected = torch.stack(expected, 1)
+    assert bool(expected.abs().amax(0).gt(0).all())
+    whole = objective._residual_tangents(ic, d_ic)
+    monkeypatch.setattr(objective_module, "_RESIDUAL_ELEMENTS", 2 * len(ic))  # 2 per chunk
+    chunked = objective._residual_tangents(ic, d_ic)
+    torch.testing.assert_close(whole, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-14)
+    assert objective._residual_tangents(ic, d_ic[:, :0]).shape == (len(expected), 0)
+
+
 def test_gauss_newton_steps_end_on_the_shift_over_su_test(synthetic):
     """From a structure near the minimum (O1 displaced by 0.005 Å: where Adam leaves a
     refinement), Gauss–Newton steps on the structure reach max |shift|/s.u. < 0.01 (each
