@@ -99,3 +99,39 @@ def test_single_precision_products_give_the_tangents_to_single_precision(real, d
     scale = float(exact[1].abs().max())
     error = float((single[1] - exact[1]).abs().max()) / scale
     assert 1e-12 < error < 1e-5  # rounded in single precision, and only that
+
+
+@pytest.mark.parametrize("real", [True, False])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_diagonal_tangents_match_central_differences_and_the_dense_form(real, degenerate):
+    """A block of diagonal Ȧ (direction, orient, beam), as a rotation of the beam makes
+    (only the excitation errors move), gives the tangents of A + h diag(Ȧ) by central
+    differences and those of the same Ȧ passed as full matrices, in blocks of directions
+    and on chosen rows."""
+    a = _hermitian(3, 9, real=real, seed=21, degenerate=degenerate)
+    gen = torch.Generator().manual_seed(22)
+    d = torch.randn(2, 3, 9, generator=gen, dtype=torch.float64) * 0.05
+    thickness = torch.linspace(50.0, 900.0, 7, dtype=torch.float64).expand(3, -1)
+    weights = torch.full((3, 7), 1 / 7, dtype=torch.float64)
+    c = torch.full((3,), 0.12, dtype=torch.float64)
+    rows = torch.tensor([[0, 3, 8], [1, 2, 5], [7, 6, 4]])
+    _, diagonal = weighted_intensity_tangents(
+        a, thickness, c, weights, lambda: [(d[:1], None), (d[1:], None)]
+    )
+    dense = torch.diag_embed(d).to(a.dtype)
+    _, full = weighted_intensity_tangents(a, thickness, c, weights, dense)
+    torch.testing.assert_close(diagonal, full, rtol=1e-10, atol=1e-13)
+    _, chosen = weighted_intensity_tangents(
+        a, thickness, c, weights, lambda: [(d, None)], rows=rows
+    )
+    torch.testing.assert_close(
+        chosen, torch.gather(full, 2, rows[None].expand(2, -1, -1)), rtol=1e-10, atol=1e-13
+    )
+    h = 1e-6
+    for k in range(2):
+        step = h * dense[k]
+        numeric = (
+            _weighted(a + step, thickness, c, weights) - _weighted(a - step, thickness, c, weights)
+        ) / (2 * h)
+        assert float(numeric.abs().max()) > 1e-4  # the direction changes the intensities
+        torch.testing.assert_close(diagonal[k], numeric, rtol=1e-6, atol=1e-8)

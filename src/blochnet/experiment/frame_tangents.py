@@ -4,8 +4,9 @@ eigendecomposition per orientation (:mod:`blochnet.physics.tangents`).
 
 The structure directions come from forward-mode differentiation of the potential (U̇ at
 the plan's differences, K̇) and one gather of U̇ per block of directions; the rotations'
-from forward-mode differentiation of the structure matrices
-(:meth:`FrameSimulator.batch_matrices`); the orientation of every
+from forward-mode differentiation of the excitation errors
+(:meth:`FrameSimulator.batch_excitation_errors`: a rotation moves only the diagonal
+2|K| s_g, so its Ȧ is a diagonal and M = VᴴȦV one product); the orientation of every
 frame takes three directions (component x, y, z of every frame's rotation at once), each
 orientation's derivative then shared between the frames it blends. Orientations are
 taken in chunks and directions in blocks, so that memory stays bounded.
@@ -26,6 +27,7 @@ from blochnet.errors import ConfigurationError
 from blochnet.experiment.frames import FrameSimulator, per_orientation, potential_in_chunks
 from blochnet.experiment.shards import sum_over_processes
 from blochnet.physics.crystal_model import AtomTensors
+from blochnet.physics.structure_matrix import elastic_diagonal
 from blochnet.physics.tangents import weighted_intensity_tangents
 
 
@@ -145,7 +147,9 @@ def _tangent_inputs(
     n = a.shape[0]
 
     def one(dk, rotation_direction):
-        """(Ȧ, ċ) along a change ``dk`` of |K| or ``rotation_direction`` of the rotations."""
+        """(diagonal of Ȧ (orient, beam), ċ) along a change ``dk`` of |K| or
+        ``rotation_direction`` of the rotations: neither changes the potential, so only the
+        diagonal 2|K| s_g of the real beams moves (padded beams' values are constants)."""
         with fwad.dual_level():
             k_dual = k if dk is None else fwad.make_dual(k, dk)
             turned = rotations
@@ -153,8 +157,10 @@ def _tangent_inputs(
                 base = thickness.new_zeros(thickness.shape[0], 3)
                 turned = fwad.make_dual(base if rotations is None else rotations,
                                         rotation_direction)  # fmt: skip
-            a_dual, c_dual = matrix(u, k_dual, u0, turned)
-            return fwad.unpack_dual(a_dual).tangent, _tangent_or_zero(c_dual, c)
+            s = simulator.batch_excitation_errors(group, k_dual, rotations=turned)
+            diagonal = _tangent_or_zero(elastic_diagonal(s, k_dual), s)
+            c_dot = _tangent_or_zero(math.pi / k_dual, c)
+        return torch.where(group.batch.mask, diagonal, torch.zeros_like(diagonal)), c_dot
 
     turns = []  # every frame's rotation component x, y, z
     for component in range(3 if turn else 0):
@@ -164,7 +170,7 @@ def _tangent_inputs(
     # a structure direction changes the off-diagonal elements by U̇ at the differences and
     # the diagonal through |K| alone (U₀ enters only an absorptive matrix, absent where
     # forward mode applies): Ȧ = U̇[index] off the diagonal + K̇ ∂diag/∂K, for a whole
-    # block of directions from one gather (a rotation's tangent builds A once more)
+    # block of directions from one gather; a rotation's Ȧ is diagonal (2|K| ṡ_g)
     off = ~torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
     off = off & group.batch.mask[:, :, None] & group.batch.mask[:, None, :]
     dks = [torch.as_tensor(dk, dtype=k.dtype) for _, dk, _ in changes]
@@ -177,17 +183,15 @@ def _tangent_inputs(
         a_dot = du.masked_fill_(~off, 0).to(a.dtype)
         dk = torch.stack(dks[start : start + size])
         if moves_k:
-            diagonal = torch.diagonal(d_diagonal, dim1=-2, dim2=-1)
-            a_dot.diagonal(dim1=-2, dim2=-1).add_((dk[:, None, None] * diagonal).to(a.dtype))
+            a_dot.diagonal(dim1=-2, dim2=-1).add_((dk[:, None, None] * d_diagonal).to(a.dtype))
         return a_dot, (dk[:, None] * torch.as_tensor(d_c)).expand(-1, n)
 
     def blocks():
         for start in range(0, len(changes), size):
             yield structure(start)
         for start in range(0, len(turns), size):
-            parts = [one(None, d) for d in turns[start : start + size]]
-            yield (torch.stack([x for x, _ in parts]),
-                   torch.stack([torch.as_tensor(y).expand(n) for _, y in parts]))  # fmt: skip
+            # c = π/|K| does not move with the beam direction: ċ = 0
+            yield torch.stack([one(None, d)[0] for d in turns[start : start + size]]), None
 
     t = per_orientation(thickness, group)
     w = per_orientation(weights, group)

@@ -282,13 +282,21 @@ class FrameSimulator:
         of the plan for potential coefficients ``u`` of its differences, |K| ``k``, U₀
         ``u0`` and orientation corrections ``rotations`` (frame, 3) [rad]; differentiable
         (also in forward mode) in all of them."""
-        batch = group.batch
+        s = self.batch_excitation_errors(group, k, rotations=rotations)
+        return structure_matrices(group.batch, u, s, k, u0, absorption)
+
+    def batch_excitation_errors(
+        self, group, k: Tensor, *, rotations: Float[Tensor, "frame 3"] | None = None
+    ) -> Float[Tensor, "orient beam"]:
+        """Excitation errors s_g (orient, beam) [Å⁻¹] of one orientation batch for |K|
+        ``k`` and orientation corrections ``rotations`` (frame, 3) [rad] (the only part of
+        the structure matrices that a rotation changes: their diagonal 2|K| s_g);
+        differentiable (also in forward mode)."""
         directions = group.directions
         if rotations is not None:
             turn = rotation_matrices(per_orientation(rotations, group))  # (orient, 3, 3)
             directions = (turn @ directions[:, :, None])[..., 0]
-        s = excitation_errors(self.model.g_vectors(batch.hkl), k * directions)
-        return structure_matrices(batch, u, s, k, u0, absorption)
+        return excitation_errors(self.model.g_vectors(group.batch.hkl), k * directions)
 
 
 @dataclass

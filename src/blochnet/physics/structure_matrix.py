@@ -121,7 +121,7 @@ def structure_matrix(
     """
     a = potential[batch.difference_index]
     k = torch.as_tensor(k, dtype=excitation.dtype, device=excitation.device)
-    diag = 2 * k.reshape(-1, 1) * excitation if diagonal is None else diagonal
+    diag = elastic_diagonal(excitation, k) if diagonal is None else diagonal
     mask = batch.mask
     pair = mask[:, :, None] & mask[:, None, :]
     eye = torch.eye(a.shape[-1], dtype=torch.bool, device=a.device)
@@ -146,6 +146,15 @@ def structure_matrix(
         a.diagonal(dim1=-2, dim2=-1).copy_(diag)
         return a
     return a + torch.diag_embed(diag.to(a.dtype))
+
+
+def elastic_diagonal(
+    excitation: Float[Tensor, "orient beam"], k: Float[Tensor, ""] | Float[Tensor, " orient"]
+) -> Float[Tensor, "orient beam"]:
+    """The diagonal 2|K| s_g [Å⁻²] of the elastic structure matrix (real beams; padded ones
+    take other values: :func:`structure_matrix`), for |K| ``k`` a scalar or one per
+    orientation."""
+    return 2 * torch.as_tensor(k).reshape(-1, 1) * excitation
 
 
 def structure_matrices(

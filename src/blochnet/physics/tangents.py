@@ -57,7 +57,9 @@ def weighted_intensity_tangents(
     weights : (orient, thick) weights of the thickness samples.
     matrix_tangents : (direction, orient, beam, beam) Ȧ, one per direction; or a callable
         returning an iterable of (Ȧ, ċ) blocks of directions (ċ may be None), so that
-        the tangents of many directions never exist at once.
+        the tangents of many directions never exist at once. A block's Ȧ of shape
+        (direction, orient, beam) is a diagonal one (a change of the excitation errors
+        alone, as a rotation of the beam makes): M = Vᴴ Ȧ V then costs one product.
     c_tangents : (direction, orient) ċ, or None where c does not change (with a tensor
         ``matrix_tangents``).
     incident : index of the incident beam.
@@ -113,7 +115,10 @@ def weighted_intensity_tangents(
         work = vectors if not vectors.is_complex() and not a_dot.is_complex() else v
         bw = work[:, incident, :].conj()
         work_rows = work if rows is None else _rows(work, rows)
-        m = work.mH[None] @ a_dot.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
+        if a_dot.ndim == 3:  # diagonal Ȧ (d, o, beam): M = (Vᴴ diag(Ȧ)) V
+            m = (work.mH[None] * a_dot[:, :, None, :].to(work.dtype)) @ work[None]
+        else:
+            m = work.mH[None] @ a_dot.to(work.dtype) @ work[None]  # M = Vᴴ Ȧ V (d, o, m, m)
         k = torch.where(near, torch.zeros((), dtype=m.dtype, device=m.device), m / dz.to(m.dtype))
         # Σ_t w conj(ψ_g) ψ̇_g: E∘(K b) and −K(E∘b) of the separated pairs, the diagonal
         # (i c t E_i M_ii b_i) and ċ (i ċ t λ_i E_i b_i)
