@@ -40,15 +40,19 @@ img{max-width:100%;border:1px solid #eee}
 """
 
 
-def write_html_report(out: str | Path) -> Path:
-    """Write ``report.html`` in the refinement folder ``out`` (module notes)."""
+def write_html_report(out: str | Path, *, figure: bytes | None = None) -> Path:
+    """Write ``report.html`` in the refinement folder ``out`` (module notes); ``figure``:
+    the PNG of :func:`draw_refinement` for this folder where the caller has just drawn it
+    (else it is drawn here, when matplotlib is there)."""
     out = Path(out)
     report, observations, thickness = read_refinement_folder(out)
     parts = [f"<h1>Dynamical refinement: {_e(_title(report, out))}</h1>"]
     parts += _summary(report)
-    if matplotlib_available():
+    if figure is None and matplotlib_available():
+        figure = draw_refinement(report, observations, thickness)
+    if figure is not None:
         parts.append("<h2>Figures</h2>")
-        parts.append(_img(draw_refinement(report, observations, thickness), "refinement"))
+        parts.append(_img(figure, "refinement"))
         parts.append(
             "<p class=note>(a) thickness distribution of every frame against the rotation "
             "angle, with mean and mean ± width; (b) R1(obs) and scale per frame; (c) Io "

@@ -145,10 +145,11 @@ def write_report(
     thickness = thickness_table(model.objectives)
     write_thickness_csv(thickness, out / "thickness.csv")
     write_text_atomically(out / "observations.csv", _csv(table))
-    if report["figure"]:
-        write_bytes_atomically(out / FIGURE, draw_refinement(report, table, thickness))
+    figure = draw_refinement(report, table, thickness) if report["figure"] else None
+    if figure is not None:
+        write_bytes_atomically(out / FIGURE, figure)
     write_text_atomically(out / "report.json", strict_json.dumps(report, indent=1) + "\n")
-    write_html_report(out)
+    write_html_report(out, figure=figure)  # the figure drawn once for both
     return report
 
 
