@@ -154,7 +154,8 @@ def elastic_diagonal(
     """The diagonal 2|K| s_g [Å⁻²] of the elastic structure matrix (real beams; padded ones
     take other values: :func:`structure_matrix`), for |K| ``k`` a scalar or one per
     orientation."""
-    return 2 * torch.as_tensor(k).reshape(-1, 1) * excitation
+    k = torch.as_tensor(k, dtype=excitation.dtype, device=excitation.device)
+    return 2 * k.reshape(-1, 1) * excitation
 
 
 def structure_matrices(
