@@ -59,27 +59,15 @@ def run_child(cmd: list[str], *, env: dict[str, str], stdout: Path) -> dict:
     return {"wall_s": wall, "peak_gb": usage.ru_maxrss * 1024 / 1e9}
 
 
-def matrix_is_complex(zone: list[float], g_max: float) -> bool:
-    """Whether blochnet builds a complex structure matrix for silicon along ``zone`` (its
-    dtype does not depend on the beam count: probed with a small beam set)."""
+def matrix_is_complex() -> bool:
+    """Whether blochnet's structure matrices of the bundled silicon are complex: its
+    potential is real only for a crystal centrosymmetric about the origin."""
     from blochnet.examples import example_path
-    from blochnet.experiment import pattern
     from blochnet.io.cif import read_structure
+    from blochnet.physics.crystal_model import CrystalModel
 
-    seen = []
-    solve = pattern.bloch_intensities
-
-    def spy(matrix, *args, **kwargs):
-        seen.append(matrix.is_complex())
-        return solve(matrix, *args, **kwargs)
-
-    pattern.bloch_intensities = spy
-    try:
-        crystal = read_structure(example_path("silicon"))
-        pattern.simulate_pattern(crystal, zone, [100.0], g_max=min(g_max, 2.0), sg_max=0.05)
-    finally:
-        pattern.bloch_intensities = solve
-    return seen[0]
+    model = CrystalModel(read_structure(example_path("silicon")), voltage=200e3)
+    return not model.centrosymmetric_at_origin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     blochnet = run_child(command, env=env, stdout=out / "pattern.json")
     n_beams = int(json.loads((out / "pattern.json").read_text())["n_beams"])
-    is_complex = matrix_is_complex(args.zone, args.g_max)
+    is_complex = matrix_is_complex()
     kind = "complex" if is_complex else "real"
     bare = run_child(
         [sys.executable, "-c", _BARE, str(n_beams), kind, "0"], env=env, stdout=out / "bare.json"

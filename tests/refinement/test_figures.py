@@ -1,6 +1,7 @@
 """thickness.csv and refinement.png: the distribution table agrees with the report, the
 figure is drawn (and redrawn by ``blochnet plot``) from the output files alone."""
 
+import base64
 import copy
 import csv
 import json
@@ -77,6 +78,9 @@ def test_the_figure_is_written_and_redrawn_from_the_files_by_blochnet_plot(refin
     assert report["figure"] == figures.FIGURE
     width, height = _png_size(out / figures.FIGURE)
     assert width > 1000 and height > 700
+    # report.html embeds the figure file's own PNG (drawn once for both)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert base64.b64encode((out / figures.FIGURE).read_bytes()).decode("ascii") in page
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()
     for name in ("report.json", "observations.csv", "thickness.csv"):

@@ -120,7 +120,6 @@ def structure_matrix(
     distinct diagonal values above the spectrum (zero for an absorptive ``diagonal``).
     """
     a = potential[batch.difference_index]
-    k = torch.as_tensor(k, dtype=excitation.dtype, device=excitation.device)
     diag = elastic_diagonal(excitation, k) if diagonal is None else diagonal
     mask = batch.mask
     pair = mask[:, :, None] & mask[:, None, :]
