@@ -212,3 +212,25 @@ def test_grouping_keeps_similar_sizes_together():
     assert all(len(g) * max(sizes[i] for i in g) ** 2 <= 3 * 104**2 for g in bounded)
     assert sorted(i for g in bounded for i in g) == list(range(8))
     assert group_by_size([500], max_elements=1) == [[0]]  # one orientation at least
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_eigenvectors_kept_in_single_precision_give_the_same_intensities_and_close_gradients(
+    complex_,
+):
+    """``kept="single"`` changes only what the backward pass starts from: the intensities
+    are those of the full route bit for bit, the gradient within single precision of it
+    (and not equal to it, so the option does act)."""
+    a = random_hermitian(3, 12, complex_=complex_, seed=4)
+    t = torch.tensor([50.0, 400.0, 1200.0], dtype=torch.float64)
+    weights = torch.rand(3, 3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for kept in ("full", "single"):
+        x = a.clone().requires_grad_()
+        intensity = bloch_intensities(x, t, C, kept=kept)
+        (grad,) = torch.autograd.grad((weights * intensity).sum(), x)
+        results[kept] = intensity.detach(), grad
+    assert torch.equal(results["single"][0], results["full"][0])
+    full, single = results["full"][1], results["single"][1]
+    error = (single - full).abs().max() / full.abs().max()
+    assert 0 < error < 1e-5

@@ -30,8 +30,10 @@ from blochnet.physics.structure_matrix import BeamBatch, group_by_size
 # that building, solving and differentiating many beam sets does not hold every
 # temporary of the whole data set at once. Measured on the bundled quartz (62 beams, 4,057
 # orientations, 2 threads), one objective evaluation with its gradient: 2^22 elements
-# 6.1 s and 1.82 GB, 2^20 4.1 s and 1.32 GB, 2^18 4.4 s and 1.26 GB
-MAX_BATCH_ELEMENTS = 2**20
+# 6.1 s and 1.82 GB, 2^20 4.1 s and 1.32 GB, 2^18 4.4 s and 1.26 GB; whole quartz
+# refinements (eigenvectors kept in single precision): 2^19 peaks 0.15 GB below 2^20 at
+# the same wall time within the machine's spread (benchmarks/README.md)
+MAX_BATCH_ELEMENTS = 2**19
 
 
 @dataclass

@@ -88,6 +88,14 @@ class PreparedData:
         )
         return dataclasses.replace(self, plan=plan, dtype=dtype, _plans={_key(self.settings): plan})
 
+    def drop_plan(self, settings: SimulationConfig) -> None:
+        """Forget the kept plan of ``settings`` (not this record's own), so that its memory
+        goes once nothing else holds it (the first epochs' beams after the switch to the
+        converged ones)."""
+        key = _key(settings)
+        if key != _key(self.settings):
+            self._plans.pop(key, None)
+
     def plan_for(self, settings: SimulationConfig, frames: np.ndarray | None = None) -> FramePlan:
         """The plan of ``settings`` (restricted to the rows of frame rows ``frames``),
         built on first request and kept."""

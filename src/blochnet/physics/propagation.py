@@ -44,7 +44,9 @@ def propagate_intensities(
     thickness: Tensor,
     c: Tensor,
     incident: int = 0,
-) -> tuple[Tensor, Tensor]:
+    *,
+    keep_phase: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Beam amplitudes and intensities from an eigendecomposition (no autograd).
 
     Parameters
@@ -55,17 +57,27 @@ def propagate_intensities(
     thickness : Tensor (orient, thick) [Å].
     c : Tensor (orient,) π / K_n [Å].
     incident : index of the incident beam.
+    keep_phase : False: the phases are not returned (their array becomes the products'
+        coefficients instead of a second array of the same size).
 
     Returns
     -------
     psi : Tensor (orient, thick, beam) complex amplitudes.
-    phase : Tensor (orient, thick, mode) exp(i c t z).
+    phase : Tensor (orient, thick, mode) exp(i c t z), or None without ``keep_phase``.
     """
     b = left[:, incident, :].conj()  # W⁻¹ e₀ (orient, mode)
     phase = phases(c[:, None] * thickness, values)
-    coeff = phase * b[:, None, :]  # (orient, thick, mode)
+    if keep_phase:
+        coeff = phase * b[:, None, :]  # (orient, thick, mode)
+    else:
+        coeff, phase = phase.mul_(b[:, None, :]), None
     psi = matmul_mixed(vectors, coeff.transpose(1, 2)).transpose(1, 2)
     return psi, phase
+
+
+def squared_moduli(psi: Tensor) -> Tensor:
+    """|ψ|² of complex amplitudes, computed in ``psi``'s own memory (which it overwrites)."""
+    return torch.view_as_real(psi).square_().sum(-1)
 
 
 # relative spread of the steps below which a row of thicknesses counts as evenly spaced
@@ -107,7 +119,9 @@ def propagation_backward(
     """Gradient of Σ Ī·I with respect to the structure matrix X and to c·t.
 
     ``real_matrix`` states that X is real symmetric (real eigenvectors, real eigenvalues):
-    the gradient is then real and needs only real matrix products.
+    the gradient is then real and needs only real matrix products. ``psi`` and ``phase``
+    (from :func:`propagate_intensities`) are overwritten: their arrays serve as the
+    intermediate products' (one batch's backward pass then holds fewer arrays at once).
 
     Returns
     -------
@@ -116,38 +130,44 @@ def propagation_backward(
     grad_ct : Tensor (orient, thick) real, ∂L/∂(c t).
     """
     b = left[:, incident, :].conj()  # (orient, mode)
-    w = grad_intensity * psi  # (orient, thick, beam)
+    w = psi.mul_(grad_intensity)  # (orient, thick, beam)
     # conj(Wᴴ w) = Wᵀ conj(w) (o, m, t), made once without a conjugate view (each product
     # with such a view would copy it again)
-    a_conj = matmul_mixed(vectors.mT, torch.conj_physical(w).transpose(1, 2))
+    a_conj = matmul_mixed(vectors.mT, torch.conj_physical_(w).transpose(1, 2))
+    del psi, w
     ct = c[:, None] * thickness  # (orient, thick)
-    weighted = a_conj.transpose(1, 2) * phase  # conj(a_ti) E_ti (o, t, i)
-
-    # ∂L/∂(ct): 2 Re Σ_i conj(a_ti) E_ti i z_i b_i
-    grad_ct = 2 * torch.real(weighted @ (1j * values * b)[:, :, None])[..., 0]
 
     # Σ_t conj(a_ti) F_t,ij: the quotient for distinct eigenvalues, a Taylor series for
     # nearly equal ones (always including i = j).
     q = a_conj @ phase  # (o, i, j): Σ_t conj(a_ti) E_tj
-    p = torch.diagonal(q, dim1=-2, dim2=-1)  # Σ_t conj(a_ti) E_ti
+    weighted = phase.mul_(a_conj.transpose(1, 2))  # conj(a_ti) E_ti (o, t, i)
+    del a_conj, phase
+
+    # ∂L/∂(ct): 2 Re Σ_i conj(a_ti) E_ti i z_i b_i
+    grad_ct = 2 * torch.real(weighted @ (1j * values * b)[:, :, None])[..., 0]
+
+    p = torch.diagonal(q, dim1=-2, dim2=-1).clone()  # Σ_t conj(a_ti) E_ti
     dz = values[:, :, None] - values[:, None, :]  # z_i - z_j
     if not torch.any(values.imag != 0):
         dz = dz.real
     ct_max = ct.abs().amax(dim=1)[:, None, None]
     near = (dz.abs() * ct_max) < _TAYLOR_RADIUS
-    inverse = torch.where(near, torch.zeros((), dtype=dz.dtype, device=dz.device), 1 / dz)
-    s = (p[:, :, None] - q) * inverse
+    inverse = dz.reciprocal_().masked_fill_(near, 0)
+    s = q.sub_(p[:, :, None]).neg_().mul_(inverse)  # (p_i − q_ij) / (z_i − z_j)
+    del q, dz, inverse
     o, i, j = near.nonzero(as_tuple=True)
+    del near
     scale = torch.where(ct_max[:, 0, 0] > 0, ct_max[:, 0, 0], torch.ones_like(ct_max[:, 0, 0]))
     coeff = _taylor_coefficients(weighted, ct, scale)  # (o, i, n)
+    del weighted
     s[o, i, j] = scale[o] * _horner(coeff[o, i], scale[o] * (values[o, j] - values[o, i]))
-    s = s * b[:, None, :]
+    s = s.mul_(b[:, None, :])
 
     g = s.conj()
     if real_matrix:
-        grad_matrix = 2 * (left @ g.real.to(left.dtype) @ vectors.mT)
+        grad_matrix = (left @ g.real.to(left.dtype) @ vectors.mT).mul_(2)
     else:
-        grad_matrix = 2 * matmul_mixed(matmul_mixed(left, g), vectors.mT.conj())
+        grad_matrix = matmul_mixed(matmul_mixed(left, g), vectors.mT.conj()).mul_(2)
     return grad_matrix, grad_ct
 
 

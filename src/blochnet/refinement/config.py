@@ -79,6 +79,16 @@ class RefineConfig(BaseModel):
             "the processes of a run on it)"
         ),
     )
+    kept_eigenvectors: Literal["single", "full"] = Field(
+        "single",
+        description=(
+            "memory: the precision of the eigenvectors each orientation batch keeps for "
+            "its backward pass in a double-precision refinement: 'single' halves the "
+            "largest part of an epoch's memory, the gradients then to about 1e-7 relative "
+            "(intensities, loss, Jacobians and s.u. stay in double precision); 'full' keeps "
+            "them as computed"
+        ),
+    )
     thickness_steps: int = Field(
         50,
         ge=0,

@@ -94,6 +94,8 @@ class Refinement(nn.Module):
                 else:
                     _, jac, blocks = made
             normal = jac.T @ jac
+            del made, jac
+            release_free_memory()  # the Jacobian's blocks, before the next epoch's batches
             self.normal = normal[:n_active, :n_active]  # kept: the structure's block
             self.matrix_loss, self.matrix_settings = float(loss), self.settings_key()
         worse = loss > self.last_loss
@@ -182,6 +184,7 @@ def build_refinement(
     crystal = data[0].crystal if crystal is None else crystal
     simulators = [d.simulator(crystal) for d in data]
     for sim in simulators:
+        sim.kept = config.kept_eigenvectors
         sim.recompute = config.recompute == "always" or (
             config.recompute == "auto" and sim.kept_bytes() > _memory_for_gradients()
         )

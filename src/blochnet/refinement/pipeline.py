@@ -254,6 +254,9 @@ def _optimise(
             history = _adam(early, config, checkpoint, resume, report, epochs=first)
             model.load_state_dict(early.state_dict())
             del early
+            if start.first is not None:  # the first epochs' plans are not needed again
+                for d in start.data:
+                    d.drop_plan(start.first)
         if model.structure.model.dtype != torch.float64:
             start.data = [d.with_dtype(torch.float64) for d in start.data]
             final_model = build_refinement(
