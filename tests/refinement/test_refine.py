@@ -903,3 +903,29 @@ def test_the_convergence_test_starts_from_the_epochs_matrix(synthetic, monkeypat
     assert model.kept_matrix(model.matrix_loss / 3) is None  # the loss has fallen since
     model.settings_key = lambda: "other settings"
     assert model.kept_matrix(model.matrix_loss) is None
+
+
+def test_only_the_adam_epochs_keep_eigenvectors_in_single_precision(synthetic, tmp_path):
+    """The epochs' backward passes keep single-precision eigenvectors (a gradient that only
+    steers Adam); afterwards every simulator keeps them in full again, so the reverse-mode
+    Jacobians and the convergence test rest on exact gradients."""
+    from blochnet.refinement import pipeline
+
+    crystal, dataset = synthetic
+    config = _config(epochs=1)
+    model = refinement_for(crystal, [dataset], config)
+    seen = []
+    original = model.objectives[0].simulator.intensities
+
+    def recording(*args, **kwargs):
+        seen.append(model.objectives[0].simulator.kept)
+        return original(*args, **kwargs)
+
+    model.objectives[0].simulator.intensities = recording
+    pipeline._adam(model, config, tmp_path / "checkpoint.pt", False, None, epochs=1)
+    assert seen and set(seen) == {"single"}
+    assert model.objectives[0].simulator.kept == "full"
+    full = config.model_copy(update=dict(kept_eigenvectors="full"))
+    seen.clear()
+    pipeline._adam(model, full, tmp_path / "checkpoint.pt", False, None, epochs=1)
+    assert set(seen) == {"full"}

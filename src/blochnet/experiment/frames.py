@@ -65,7 +65,8 @@ class FrameSimulator:
         orientation; the results are the same.
     kept : the precision of the eigenvectors a batch keeps for its backward pass
         (:func:`~blochnet.physics.bloch.bloch_intensities`): ``"full"`` or ``"single"``
-        (half the memory, gradients to about 1e-7 relative, the same intensities).
+        (half the memory, gradients to about 1e-7 of the largest amplitude's, the same
+        intensities).
 
     The simulator only computes: everything that does not depend on the structure is in
     the plan, built once per data set and settings.

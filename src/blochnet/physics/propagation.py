@@ -129,19 +129,24 @@ def propagation_backward(
         (dL = Re Σ conj(grad) dX); real when ``real_matrix``.
     grad_ct : Tensor (orient, thick) real, ∂L/∂(c t).
     """
+    # a plain backward pass works in the arrays it is given; one that is itself recorded
+    # (create_graph) must leave them as the graph saw them
+    own = not torch.is_grad_enabled()
     b = left[:, incident, :].conj()  # (orient, mode)
-    w = psi.mul_(grad_intensity)  # (orient, thick, beam)
+    w = psi.mul_(grad_intensity) if own else grad_intensity * psi  # (orient, thick, beam)
     # conj(Wᴴ w) = Wᵀ conj(w) (o, m, t), made once without a conjugate view (each product
     # with such a view would copy it again)
-    a_conj = matmul_mixed(vectors.mT, torch.conj_physical_(w).transpose(1, 2))
+    w = torch.conj_physical_(w) if own else torch.conj_physical(w)
+    a_conj = matmul_mixed(vectors.mT, w.transpose(1, 2))
     del psi, w
     ct = c[:, None] * thickness  # (orient, thick)
 
     # Σ_t conj(a_ti) F_t,ij: the quotient for distinct eigenvalues, a Taylor series for
     # nearly equal ones (always including i = j).
     q = a_conj @ phase  # (o, i, j): Σ_t conj(a_ti) E_tj
-    weighted = phase.mul_(a_conj.transpose(1, 2))  # conj(a_ti) E_ti (o, t, i)
-    del a_conj, phase
+    conj_a = a_conj.transpose(1, 2)
+    weighted = phase.mul_(conj_a) if own else conj_a * phase  # conj(a_ti) E_ti (o, t, i)
+    del a_conj, conj_a, phase
 
     # ∂L/∂(ct): 2 Re Σ_i conj(a_ti) E_ti i z_i b_i
     grad_ct = 2 * torch.real(weighted @ (1j * values * b)[:, :, None])[..., 0]
@@ -152,8 +157,12 @@ def propagation_backward(
         dz = dz.real
     ct_max = ct.abs().amax(dim=1)[:, None, None]
     near = (dz.abs() * ct_max) < _TAYLOR_RADIUS
-    inverse = dz.reciprocal_().masked_fill_(near, 0)
-    s = q.sub_(p[:, :, None]).neg_().mul_(inverse)  # (p_i − q_ij) / (z_i − z_j)
+    if own:
+        inverse = dz.reciprocal_().masked_fill_(near, 0)
+        s = q.sub_(p[:, :, None]).neg_().mul_(inverse)  # (p_i − q_ij) / (z_i − z_j)
+    else:
+        inverse = torch.where(near, torch.zeros((), dtype=dz.dtype, device=dz.device), 1 / dz)
+        s = (p[:, :, None] - q) * inverse
     del q, dz, inverse
     o, i, j = near.nonzero(as_tuple=True)
     del near
@@ -161,14 +170,14 @@ def propagation_backward(
     coeff = _taylor_coefficients(weighted, ct, scale)  # (o, i, n)
     del weighted
     s[o, i, j] = scale[o] * _horner(coeff[o, i], scale[o] * (values[o, j] - values[o, i]))
-    s = s.mul_(b[:, None, :])
+    s = s.mul_(b[:, None, :]) if own else s * b[:, None, :]
 
     g = s.conj()
     if real_matrix:
-        grad_matrix = (left @ g.real.to(left.dtype) @ vectors.mT).mul_(2)
+        grad_matrix = left @ g.real.to(left.dtype) @ vectors.mT
     else:
-        grad_matrix = matmul_mixed(matmul_mixed(left, g), vectors.mT.conj()).mul_(2)
-    return grad_matrix, grad_ct
+        grad_matrix = matmul_mixed(matmul_mixed(left, g), vectors.mT.conj())
+    return grad_matrix.mul_(2) if own else 2 * grad_matrix, grad_ct
 
 
 def _taylor_coefficients(weighted: Tensor, ct: Tensor, scale: Tensor) -> Tensor:

@@ -184,7 +184,6 @@ def build_refinement(
     crystal = data[0].crystal if crystal is None else crystal
     simulators = [d.simulator(crystal) for d in data]
     for sim in simulators:
-        sim.kept = config.kept_eigenvectors
         sim.recompute = config.recompute == "always" or (
             config.recompute == "auto" and sim.kept_bytes() > _memory_for_gradients()
         )

@@ -284,13 +284,23 @@ def _adam(
         if config.structure_steps == "gauss-newton" and epoch >= config.gauss_newton_after:
             model.gauss_newton_step(loss, damping=config.gauss_newton_damping)
 
-    return optimise_adam(
-        model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
-        sum_w_io2=sum_w_io2, checkpoint=checkpoint,
-        checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
-        report=report, merit=model.last_r_values, method=config.optimiser,
-        lr_final=config.lr_final, tolerance=tolerance, second_order=second_order,
-    )  # fmt: skip
+    # the epochs' gradients only steer the optimisers: their eigenvectors may be kept in
+    # single precision; every gradient that a result rests on (reverse-mode Jacobians, the
+    # convergence test) is taken with them in full
+    simulators = [o.simulator for o in model.objectives]
+    for sim in simulators:
+        sim.kept = config.kept_eigenvectors
+    try:
+        return optimise_adam(
+            model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
+            sum_w_io2=sum_w_io2, checkpoint=checkpoint,
+            checkpoint_every=config.checkpoint_every, resume=resume, after_step=model.after_step,
+            report=report, merit=model.last_r_values, method=config.optimiser,
+            lr_final=config.lr_final, tolerance=tolerance, second_order=second_order,
+        )  # fmt: skip
+    finally:
+        for sim in simulators:
+            sim.kept = "full"
 
 
 def _epochs_done(checkpoint: Path) -> int:
