@@ -43,6 +43,7 @@ from torch import Tensor
 
 from blochnet.errors import ConfigurationError
 from blochnet.physics.propagation import (
+    SINGLE,
     propagate_intensities,
     propagation_backward,
     squared_moduli,
@@ -171,7 +172,7 @@ class _HermitianPropagation(torch.autograd.Function):
         ctx.vectors_dtype = vectors.dtype
         keep = vectors
         if kept == "single":
-            keep = vectors.to(_SINGLE.get(vectors.dtype, vectors.dtype))
+            keep = vectors.to(SINGLE[vectors.dtype])
         psi, _ = propagate_intensities(vectors, z, vectors, thickness, c, incident,
                                        keep_phase=False)  # fmt: skip
         ctx.save_for_backward(keep, z, thickness, c)
@@ -198,9 +199,6 @@ class _HermitianPropagation(torch.autograd.Function):
         )
         grad_abs = _eigenbasis_diagonal(vectors, grad_x) if ctx.has_absorption else None
         return (*_input_gradients(ctx, grad_x, grad_ct, thickness, c, grad_abs), None)
-
-
-_SINGLE = {torch.float64: torch.float32, torch.complex128: torch.complex64}
 
 
 class _GeneralPropagation(torch.autograd.Function):

@@ -36,6 +36,14 @@ from torch import Tensor
 _TAYLOR_RADIUS = 0.3
 _TAYLOR_TERMS = 12
 
+# the single-precision dtype of each floating dtype (itself for single precision)
+SINGLE = {
+    torch.float64: torch.float32,
+    torch.complex128: torch.complex64,
+    torch.float32: torch.float32,
+    torch.complex64: torch.complex64,
+}
+
 
 def propagate_intensities(
     vectors: Tensor,

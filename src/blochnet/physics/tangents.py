@@ -30,7 +30,7 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from blochnet.physics.bloch import batched_eigensolver
-from blochnet.physics.propagation import matmul_mixed, propagate_intensities
+from blochnet.physics.propagation import SINGLE, matmul_mixed, propagate_intensities
 
 NEAR = 0.3  # |c t_max Δλ| below which a pair's divided difference is a Taylor series
 _TERMS = 14  # φ(x) = Σ_{n<_TERMS} xⁿ/(n+1)!: relative error below 0.3¹⁴/15! ≈ 4e-20
@@ -102,7 +102,7 @@ def weighted_intensity_tangents(
         r_near = (weighted[o] @ f[:, :, None])[..., 0] * v_rows[o, :, i]  # (pair, beam)
     blocks = matrix_tangents() if callable(matrix_tangents) else [(matrix_tangents, c_tangents)]
     if single and values.dtype == torch.float64:
-        low = lambda x: x.to(_SINGLE[x.dtype])  # noqa: E731
+        low = lambda x: x.to(SINGLE[x.dtype])  # noqa: E731
         vectors, v, b, q, vq, vq_tau = map(low, (vectors, v, b, q, vq, vq_tau))
         dz, values = low(dz), low(values)
         r_near, cdt = None if r_near is None else low(r_near), torch.complex64
@@ -111,7 +111,7 @@ def weighted_intensity_tangents(
         # the direction-dependent products (the O(N³) work) in real arithmetic for a real
         # symmetric A (centrosymmetric structures): real V, Ȧ, M and K
         if single:
-            a_dot = a_dot.to(_SINGLE[a_dot.dtype])
+            a_dot = a_dot.to(SINGLE[a_dot.dtype])
         work = vectors if not vectors.is_complex() and not a_dot.is_complex() else v
         bw = work[:, incident, :].conj()
         work_rows = work if rows is None else _rows(work, rows)
@@ -135,14 +135,6 @@ def weighted_intensity_tangents(
             total = total.index_add(1, o, coefficient[:, :, None] * r_near[None])
         out.append(2 * total.real.to(intensity.dtype))
     return intensity, torch.cat(out)
-
-
-_SINGLE = {
-    torch.float64: torch.float32,
-    torch.complex128: torch.complex64,
-    torch.float32: torch.float32,
-    torch.complex64: torch.complex64,
-}
 
 
 def _rows(x: Tensor, rows: Tensor) -> Tensor:

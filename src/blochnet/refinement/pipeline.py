@@ -288,6 +288,7 @@ def _adam(
     # single precision; every gradient that a result rests on (reverse-mode Jacobians, the
     # convergence test) is taken with them in full
     simulators = [o.simulator for o in model.objectives]
+    before = [sim.kept for sim in simulators]
     for sim in simulators:
         sim.kept = config.kept_eigenvectors
     try:
@@ -299,8 +300,8 @@ def _adam(
             lr_final=config.lr_final, tolerance=tolerance, second_order=second_order,
         )  # fmt: skip
     finally:
-        for sim in simulators:
-            sim.kept = "full"
+        for sim, kept in zip(simulators, before, strict=True):
+            sim.kept = kept
 
 
 def _epochs_done(checkpoint: Path) -> int:
