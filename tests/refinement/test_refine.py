@@ -908,7 +908,7 @@ def test_the_convergence_test_starts_from_the_epochs_matrix(synthetic, monkeypat
 def test_only_the_adam_epochs_keep_eigenvectors_in_single_precision(synthetic, tmp_path):
     """The epochs' backward passes keep single-precision eigenvectors (a gradient that only
     steers Adam); afterwards every simulator keeps them in full again, so the reverse-mode
-    Jacobians and the convergence test rest on exact gradients."""
+    Jacobians rest on exact gradients."""
     from blochnet.refinement import pipeline
 
     crystal, dataset = synthetic
@@ -929,3 +929,42 @@ def test_only_the_adam_epochs_keep_eigenvectors_in_single_precision(synthetic, t
     seen.clear()
     pipeline._adam(model, full, tmp_path / "checkpoint.pt", False, None, epochs=1)
     assert set(seen) == {"full"}
+
+
+def test_the_convergence_test_with_single_precision_gradients_reaches_the_same_state(synthetic):
+    """The convergence test's exact gradients Jᵀr may keep the eigenvectors in single
+    precision (the default of a refinement): only those backward passes do, the simulators
+    keep them in full again afterwards, and the steps, the test and the s.u. are those of
+    full-precision gradients to far below the test's limit."""
+    from blochnet.refinement.engine import parameter_groups
+    from blochnet.refinement.uncertainty import converge_structure
+
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    results, seen = {}, []
+    for precision in ("full", "single"):
+        model = refinement_for(_moved(crystal, 0.002), [dataset], _config(learning_rates=rates))
+        parameter_groups(model, rates.model_dump())
+        model.update_robust_scale(fresh=True)
+        simulator = model.objectives[0].simulator
+        original = simulator.intensities
+
+        def recording(*args, simulator=simulator, original=original, asked=precision, **kwargs):
+            if torch.is_grad_enabled():
+                seen.append((asked, simulator.kept))
+            return original(*args, **kwargs)
+
+        simulator.intensities = recording
+        results[precision] = converge_structure(
+            model, n_parameters=count_parameters(model), max_steps=10, eigenvectors=precision
+        )
+        assert simulator.kept == "full"
+    assert seen and all(kept == precision for precision, kept in seen)
+    (full, full_record), (single, single_record) = results["full"], results["single"]
+    assert full_record["converged"] and full_record["steps"] >= 1
+    assert single_record["steps"] == full_record["steps"]
+    np.testing.assert_allclose(
+        single_record["max_shift_su"], full_record["max_shift_su"], rtol=0, atol=1e-5
+    )
+    np.testing.assert_allclose(single["xyz"], full["xyz"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(single["free"], full["free"], rtol=1e-8)

@@ -83,11 +83,11 @@ class RefineConfig(BaseModel):
         "single",
         description=(
             "memory: the precision of the eigenvectors each orientation batch keeps for "
-            "the backward pass of an Adam epoch in a double-precision refinement: 'single' "
-            "halves the largest part of an epoch's memory, the epochs' gradients then to "
-            "about 1e-7 of the largest amplitude (1e-4 relative for weak beams; the "
-            "intensities and the loss are unchanged); 'full' keeps them as computed. "
-            "Reverse-mode Jacobians and the convergence test always keep them in full"
+            "the backward pass of an Adam epoch and of the convergence test's exact "
+            "gradients in a double-precision refinement: 'single' halves the largest part "
+            "of their memory, the gradients then to about 1e-7 of the largest component "
+            "(1e-4 relative for weak beams; the intensities and the loss are unchanged); "
+            "'full' keeps them as computed. Reverse-mode Jacobians always keep them in full"
         ),
     )
     thickness_steps: int = Field(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -114,6 +116,22 @@ class Refinement(nn.Module):
         for p in active + turns:
             p.grad = None
         return True
+
+    @contextmanager
+    def eigenvectors_kept(self, precision: str) -> Iterator[None]:
+        """Inside: every simulator keeps its batches' eigenvectors for a backward pass in
+        ``precision`` ("single" or "full"); afterwards the precision they had before. For
+        gradients that only steer a step (the epochs', the convergence test's Jᵀr);
+        reverse-mode Jacobians are taken outside, in full."""
+        simulators = [o.simulator for o in self.objectives]
+        before = [sim.kept for sim in simulators]
+        for sim in simulators:
+            sim.kept = precision
+        try:
+            yield
+        finally:
+            for sim, kept in zip(simulators, before, strict=True):
+                sim.kept = kept
 
     def settings_key(self) -> str:
         """The simulation settings of every data set (a Jacobian is made for these)."""

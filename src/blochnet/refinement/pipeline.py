@@ -285,13 +285,8 @@ def _adam(
             model.gauss_newton_step(loss, damping=config.gauss_newton_damping)
 
     # the epochs' gradients only steer the optimisers: their eigenvectors may be kept in
-    # single precision; every gradient that a result rests on (reverse-mode Jacobians, the
-    # convergence test) is taken with them in full
-    simulators = [o.simulator for o in model.objectives]
-    before = [sim.kept for sim in simulators]
-    for sim in simulators:
-        sim.kept = config.kept_eigenvectors
-    try:
+    # single precision (reverse-mode Jacobians are taken in full)
+    with model.eigenvectors_kept(config.kept_eigenvectors):
         return optimise_adam(
             model, epochs=epochs, learning_rates=config.learning_rates.model_dump(),
             sum_w_io2=sum_w_io2, checkpoint=checkpoint,
@@ -299,9 +294,6 @@ def _adam(
             report=report, merit=model.last_r_values, method=config.optimiser,
             lr_final=config.lr_final, tolerance=tolerance, second_order=second_order,
         )  # fmt: skip
-    finally:
-        for sim, kept in zip(simulators, before, strict=True):
-            sim.kept = kept
 
 
 def _epochs_done(checkpoint: Path) -> int:
@@ -325,6 +317,7 @@ def _uncertainties(model: Refinement, config: RefineConfig, say: Say) -> dict | 
         su, record = converge_structure(
             model, n_parameters=n, limit=config.convergence,
             max_steps=config.convergence_steps, say=say, kept=model.kept_matrix,
+            eigenvectors=config.kept_eigenvectors,
         )  # fmt: skip
         su["convergence"] = record
     else:
