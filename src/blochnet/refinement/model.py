@@ -22,6 +22,7 @@ from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
 from blochnet.memory import release_free_memory
+from blochnet.physics.bloch import Kept
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.gauss_newton import (
     apply_step,
@@ -118,7 +119,7 @@ class Refinement(nn.Module):
         return True
 
     @contextmanager
-    def eigenvectors_kept(self, precision: str) -> Iterator[None]:
+    def eigenvectors_kept(self, precision: Kept) -> Iterator[None]:
         """Inside: every simulator keeps its batches' eigenvectors for a backward pass in
         ``precision`` ("single" or "full"); afterwards the precision they had before. For
         gradients that only steer a step (the epochs', the convergence test's Jᵀr);

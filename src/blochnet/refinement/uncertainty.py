@@ -31,6 +31,7 @@ from torch import Tensor
 from blochnet.experiment.shards import sum_gradients, sum_over_processes
 from blochnet.lattice import uij_to_cartesian
 from blochnet.memory import release_free_memory
+from blochnet.physics.bloch import Kept
 
 
 def transposed_jacobian(r: Tensor, parameters: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -152,7 +153,7 @@ def converge_structure(
     max_steps: int = 3,
     say=None,
     kept: Callable[[float], Tensor | None] | None = None,
-    eigenvectors: str = "full",
+    eigenvectors: Kept = "full",
 ) -> tuple[dict, dict]:
     """Gauss–Newton steps on the structure parameters until the largest |shift|/s.u. of the
     step the refined state would still take is below ``limit`` (the convergence test of
