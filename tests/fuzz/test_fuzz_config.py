@@ -19,7 +19,9 @@ from blochnet.errors import ConfigurationError, InputFileError
 from blochnet.refinement.config import RefineConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "refine.toml"
-WORK = Path(tempfile.mkdtemp(prefix="blochnet-fuzz-config-"))
+# the cases are written here; the folder goes when the test process ends
+_WORK = tempfile.TemporaryDirectory(prefix="blochnet-fuzz-config-")
+WORK = Path(_WORK.name)
 
 
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -28,7 +28,9 @@ from blochnet.io.cif import read_structure
 from blochnet.io.pets import read_pets
 
 SCALE = float(os.environ.get("BLOCHNET_FUZZ_SCALE", "1"))
-WORK = Path(tempfile.mkdtemp(prefix="blochnet-fuzz-"))
+# the cases are written here; the folder goes when the test process ends
+_WORK = tempfile.TemporaryDirectory(prefix="blochnet-fuzz-")
+WORK = Path(_WORK.name)
 SECONDS_PER_CASE = 10
 
 
