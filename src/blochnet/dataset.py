@@ -68,13 +68,6 @@ class FrameTable:
         """The frames ``index`` (mask, indices or slice) selects."""
         return _select(self, index)
 
-    def index_of(self, frame_id: int) -> int:
-        """Row index of the frame with ``id == frame_id`` (``KeyError`` if absent)."""
-        hits = np.flatnonzero(self.id == frame_id)
-        if hits.size == 0:
-            raise KeyError(f"no frame with id {frame_id}")
-        return int(hits[0])
-
 
 @dataclass(eq=False)
 class ReflectionTable:

@@ -235,8 +235,6 @@ def test_sites_carry_the_chemical_occupancy_of_their_atom():
     expansion = UnitCellExpansion.from_crystal(crystal)
     expected = [crystal.atoms[i].occupancy for i in expansion.sites()]
     assert expansion.occupancy.tolist() == expected
-    occupancy = torch.tensor([a.occupancy for a in crystal.atoms], dtype=torch.float64)
-    assert expansion.per_site(occupancy).tolist() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -62,17 +62,6 @@ def optimal_scales(
     return torch.where(defined, numerator / safe, torch.zeros_like(numerator))
 
 
-def weighted_residual(i_obs: Tensor, sigma: Tensor, i_calc_scaled: Tensor) -> Tensor:
-    """Σ w (Io − Ic)², w = 1/σ²: the refinement objective (scalar, differentiable).
-
-    Parameters
-    ----------
-    i_obs, sigma, i_calc_scaled : Tensor (refl,); ``i_calc_scaled`` already carries the
-        frame scales, e.g. ``k[frame_index] * i_calc`` with ``k`` from :func:`optimal_scales`.
-    """
-    return torch.sum((i_obs - i_calc_scaled) ** 2 / sigma**2)
-
-
 @dataclass
 class FiguresOfMerit:
     """Agreement of observed and calculated intensities.

@@ -85,10 +85,6 @@ class UnitCellExpansion:
         """(site,) long tensor: index of the asymmetric-unit atom of each site."""
         return self.atom_index
 
-    def per_site(self, values: Tensor) -> Tensor:
-        """Gather per-atom values (..., atom) to per-site values (..., site)."""
-        return values.index_select(-1, self.atom_index.to(values.device))
-
     def positions(self, xyz_asym: Tensor) -> Tensor:
         """Fractional positions (..., atom, 3) -> (..., site, 3)."""
         rot = self.rotations.to(dtype=xyz_asym.dtype, device=xyz_asym.device)

@@ -165,18 +165,6 @@ class StructureParameters(nn.Module):
         """Asymmetric-unit tensors for the forward model."""
         return self.model.atoms_from_free(self.free())
 
-    def vector(self) -> Tensor:
-        """The refined parameters as one vector (order of :attr:`names`)."""
-        return torch.cat(
-            [
-                self.xyz_start[self.xyz_index] + self.xyz_shift,
-                self.adp_start[self.adp_index] + self.adp_shift,
-                self.occ_start[self.occ_index] + self.occ_shift,
-                self.charges()[self.charge_free],
-                self.kappa_start + self.kappa_shift,
-            ]
-        )
-
     def keep_adps_positive_definite(self, minimum: float = 1e-5) -> bool:
         """Project every atom's U onto eigenvalues ≥ ``minimum`` [Å²] (and a refined κ onto
         κ ≥ 0); True if anything moved."""
