@@ -747,6 +747,45 @@ def test_each_convergence_step_costs_one_evaluation_that_judges_it_and_gives_the
     assert not model.objectives[0].is_current()
 
 
+def test_the_convergence_test_returns_each_jacobians_freed_blocks_before_the_next_pass(
+    synthetic, monkeypatch
+):
+    """Every Jacobian of the convergence test (the first one without a kept matrix, and a
+    new one where the steps converge slowly: forced here at every step) is followed by
+    the allocator's free blocks going back to the system before the next backward pass,
+    so that those passes' arrays do not land between the Jacobian's free blocks."""
+    from blochnet.refinement import uncertainty
+    from blochnet.refinement.engine import parameter_groups
+
+    crystal, dataset = synthetic
+    rates = LearningRates(xyz=1e-3, adp=1e-3, orientation=0.0, thickness=0.0)
+    model = refinement_for(_moved(crystal, 0.005), [dataset], _config(learning_rates=rates))
+    parameter_groups(model, rates.model_dump())
+    model.update_robust_scale(fresh=True)
+    events = []
+
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            events.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    for name in ("structure_jacobian", "release_free_memory", "_exact_gradient"):
+        monkeypatch.setattr(uncertainty, name, recorded(name, getattr(uncertainty, name)))
+    monkeypatch.setattr(uncertainty, "CHORD_CONTRACTION", 0.0)  # every step "slow"
+    _, record = uncertainty.converge_structure(
+        model, n_parameters=count_parameters(model), max_steps=3
+    )
+    assert record["steps"] == 3
+    jacobians = [n for n, e in enumerate(events) if e == "structure_jacobian"]
+    assert len(jacobians) == 3  # the first, and a new one after each step but the last
+    for n in jacobians:
+        following = events[n + 1 :]
+        if "_exact_gradient" in following:
+            assert "release_free_memory" in following[: following.index("_exact_gradient")]
+
+
 def test_the_profiled_thickness_fit_lowers_the_loss_and_leaves_the_partial_gradient(synthetic):
     """With ``thickness_steps`` an evaluation fits the grid thickness model on one solve's
     intensities, then its loss is that of the fitted model and its structure gradient is
