@@ -753,8 +753,9 @@ def test_the_convergence_test_returns_each_jacobians_freed_blocks_before_the_nex
     """Every Jacobian of the convergence test (the first one without a kept matrix, and a
     new one where the steps converge slowly: forced here at every step) is followed by
     the allocator's free blocks going back to the system before the next backward pass,
-    so that those passes' arrays do not land between the Jacobian's free blocks."""
-    from blochnet.refinement import uncertainty
+    so that those passes' arrays do not land between the Jacobian's free blocks (the
+    forward-mode Jacobian returns them itself, for every caller)."""
+    from blochnet.refinement import objective, uncertainty
     from blochnet.refinement.engine import parameter_groups
 
     crystal, dataset = synthetic
@@ -764,21 +765,25 @@ def test_the_convergence_test_returns_each_jacobians_freed_blocks_before_the_nex
     model.update_robust_scale(fresh=True)
     events = []
 
-    def recorded(name, function):
+    def recorded(module, name):
+        function = getattr(module, name)
+
         def call(*args, **kwargs):
-            events.append(name)
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            events.append(name)  # on return: a Jacobian's arrays are made by then
+            return result
 
-        return call
+        monkeypatch.setattr(module, name, call)
 
-    for name in ("structure_jacobian", "release_free_memory", "_exact_gradient"):
-        monkeypatch.setattr(uncertainty, name, recorded(name, getattr(uncertainty, name)))
+    recorded(objective, "frame_jacobian")
+    recorded(uncertainty, "_exact_gradient")
+    recorded(objective, "release_free_memory")
     monkeypatch.setattr(uncertainty, "CHORD_CONTRACTION", 0.0)  # every step "slow"
     _, record = uncertainty.converge_structure(
         model, n_parameters=count_parameters(model), max_steps=3
     )
     assert record["steps"] == 3
-    jacobians = [n for n, e in enumerate(events) if e == "structure_jacobian"]
+    jacobians = [n for n, e in enumerate(events) if e == "frame_jacobian"]
     assert len(jacobians) == 3  # the first, and a new one after each step but the last
     for n in jacobians:
         following = events[n + 1 :]

@@ -21,7 +21,6 @@ from blochnet.dataset import Dataset
 from blochnet.experiment import shards
 from blochnet.experiment.geometry import beam_directions
 from blochnet.experiment.prepared import PreparedData, prepare
-from blochnet.memory import release_free_memory
 from blochnet.physics.bloch import Kept
 from blochnet.refinement.config import RefineConfig
 from blochnet.refinement.gauss_newton import (
@@ -89,7 +88,6 @@ class Refinement(nn.Module):
             or self.matrix_settings != self.settings_key()
         ):
             turns = _turns(self)
-            release_free_memory()  # the backward pass's freed blocks, before the Jacobian's
             with torch.no_grad():
                 made = forward_jacobian(self, single=True) if turns else None
                 if made is None:
@@ -98,7 +96,6 @@ class Refinement(nn.Module):
                     _, jac, blocks = made
             normal = jac.T @ jac
             del made, jac
-            release_free_memory()  # the Jacobian's blocks, before the next epoch's batches
             self.normal = normal[:n_active, :n_active]  # kept: the structure's block
             self.matrix_loss, self.matrix_settings = float(loss), self.settings_key()
         worse = loss > self.last_loss

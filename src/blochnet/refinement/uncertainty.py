@@ -30,7 +30,6 @@ from torch import Tensor
 
 from blochnet.experiment.shards import sum_gradients, sum_over_processes
 from blochnet.lattice import uij_to_cartesian
-from blochnet.memory import release_free_memory
 from blochnet.physics.bloch import Kept
 
 
@@ -195,15 +194,8 @@ def converge_structure(
     steps, history = 0, []
 
     def with_new_matrix(r: Tensor, gradient: Tensor) -> dict:
-        """The test with the exact Jᵀr and the normal matrix of a new Jacobian. The freed
-        blocks of the backward pass before it, and then its own, go back to the system
-        (else the heap, which keeps freed blocks for reuse, grows by the Jacobian's arrays,
-        and the next backward passes' arrays land between the Jacobian's free blocks:
-        shared glycine's passes after a new Jacobian peaked at 1.05–1.17 GB, its s.u.
-        stage in two other runs at 1.34 and 1.55 GB; 0.93–0.96 GB with them returned)."""
-        release_free_memory()
+        """The test with the exact Jᵀr and the normal matrix of a new Jacobian."""
         _, jac = structure_jacobian(model, active, single=True)
-        release_free_memory()
         return structure_uncertainties(
             model, n_parameters=n_parameters, jacobian=(r, gradient, jac.T @ jac)
         )
@@ -219,7 +211,6 @@ def converge_structure(
             )
     else:
         su = structure_uncertainties(model, n_parameters=n_parameters, single=True)
-        release_free_memory()  # the Jacobian's blocks, before the steps' backward passes
     while True:
         largest = float(np.max(su["shift_over_su"], initial=0.0))
         history.append(largest)
